@@ -1,0 +1,59 @@
+"""Masked-diffusion training losses: the ELBO with 1/t weighting of LLaDA / MDLM.
+
+Pretraining (all positions noisable):
+    loss = sum over masked (b, i) of CE(logits[b, i], x[b, i]) / t_b, divided by B * L
+SFT (prompt never masked, loss normalised by each row's answer length):
+    loss = sum_b [ sum over masked answer positions of CE / t_b ] / answer_len_b, divided by B
+Both are the negative ELBO up to the constant factor, per token, in nats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlm.diffusion.masking import EPS, mask_tokens, sample_t
+
+
+@dataclass
+class DiffusionLoss:
+    loss: torch.Tensor  # scalar, differentiable
+    masked_tokens: int  # positions that contributed
+    t: torch.Tensor  # (B,) mask ratios used
+
+
+def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, prompt_lengths: torch.Tensor | None = None,
+                          attention_mask: torch.Tensor | None = None, eps: float = EPS,
+                          generator: torch.Generator | None = None) -> DiffusionLoss:
+    """One Monte Carlo sample of the masked-diffusion ELBO loss for a batch.
+
+    input_ids (B, L). ``prompt_lengths`` (B,) switches to the SFT objective: positions before each
+    row's prompt length are never masked and the loss is normalised by answer length.
+    ``attention_mask`` (B, L) marks padding, which is neither masked nor counted.
+    """
+    B, L = input_ids.shape
+    device = input_ids.device
+    t = sample_t(B, eps, device, generator)  # (B,)
+    pos = torch.arange(L, device=device)[None, :]  # (1, L)
+    maskable = torch.ones_like(input_ids, dtype=torch.bool)
+    if prompt_lengths is not None:
+        maskable &= pos >= prompt_lengths.to(device)[:, None]
+    if attention_mask is not None:
+        maskable &= attention_mask.bool()
+    facts = getattr(model, "facts", None)
+    if facts is not None and facts.shifted:
+        maskable[:, 0] = False  # a shifted model has no prediction for position 0
+    noisy, masked = mask_tokens(input_ids, mask_id, t, maskable, generator)
+    logits = model(noisy, attention_mask=attention_mask).logits  # (B, L, V)
+    ce = F.cross_entropy(logits[masked].float(), input_ids[masked], reduction="none")  # (M,)
+    weighted = ce / t[:, None].expand(B, L)[masked]
+    if prompt_lengths is None:
+        denom = attention_mask.sum() if attention_mask is not None else torch.tensor(B * L, device=device)
+        loss = weighted.sum() / denom.clamp_min(1)
+    else:
+        answer_len = maskable.sum(dim=1).clamp_min(1).float()  # (B,)
+        per_row = torch.zeros(B, device=device).index_add(0, masked.nonzero()[:, 0], weighted)
+        loss = (per_row / answer_len).sum() / B
+    return DiffusionLoss(loss=loss, masked_tokens=int(masked.sum()), t=t)

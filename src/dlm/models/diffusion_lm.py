@@ -1,0 +1,112 @@
+"""DiffusionLM: the one model object every sampler, loss and CLI command works with.
+
+It wraps an architecture module (dlm's LLaDA, or a ``transformers`` causal LM run with full
+attention) and exposes logits *aligned to positions*: ``logits[:, i]`` is the prediction for the
+token at position ``i``. For shifted (AR-adapted) models the raw output at ``i - 1`` predicts
+``i``, so the wrapper shifts right by one; position 0 then has no prediction of its own and must
+hold a prompt token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from dlm.errors import DLMError
+from dlm.models.llada import DenoiserOutput, LLaDAModelLM
+from dlm.models.registry import ModelFacts
+
+
+def full_attention_bias(attention_mask: torch.Tensor | None, batch: int, seq_len: int, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
+    """A 4-D additive mask (B, 1, L, L) that lets every position see every non-padded key."""
+    bias = torch.zeros(batch, 1, seq_len, seq_len, dtype=dtype, device=device)
+    if attention_mask is not None:
+        pad = (attention_mask == 0)[:, None, None, :]  # (B, 1, 1, L)
+        bias = bias.masked_fill(pad, torch.finfo(dtype).min)
+    return bias
+
+
+class DiffusionLM(nn.Module):
+    """A mask predictor: ``model(input_ids, attention_mask=None).logits`` -> (B, L, V)."""
+
+    def __init__(self, net: nn.Module, facts: ModelFacts, config: dict[str, Any], tokenizer: Any = None,
+                 path: str | Path | None = None):
+        super().__init__()
+        self.net = net
+        self.facts = facts
+        self.config = config  # the raw config.json
+        self.tokenizer = tokenizer
+        self.path = str(path) if path is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    @property
+    def is_llada(self) -> bool:
+        return isinstance(self.net, LLaDAModelLM)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L)
+        attention_bias: torch.Tensor | None = None,  # (B or 1, 1, L, L) additive; None = full attention
+        logits_from: int = 0,  # return logits only for positions >= logits_from: (B, L - logits_from, V)
+    ) -> DenoiserOutput:
+        if self.is_llada:
+            return self.net(input_ids, attention_mask=attention_mask, attention_bias=attention_bias,
+                            logits_from=logits_from)
+        B, L = input_ids.shape
+        dtype = self.dtype
+        bias = full_attention_bias(attention_mask, B, L, dtype, input_ids.device)
+        if attention_bias is not None:
+            bias = (bias + attention_bias.to(dtype)).clamp_min(torch.finfo(dtype).min)
+        # shifted: aligned[i] = raw[i - 1] (i >= 1), aligned[0] = raw[0]
+        first_raw = max(logits_from - 1, 0) if self.facts.shifted else logits_from
+        raw = self.net(input_ids=input_ids, attention_mask=bias, use_cache=False,
+                       logits_to_keep=L - first_raw if first_raw else 0).logits  # (B, L - first_raw, V)
+        if not self.facts.shifted:
+            return DenoiserOutput(logits=raw)
+        if logits_from == 0:
+            return DenoiserOutput(logits=torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
+        return DenoiserOutput(logits=raw[:, :-1])
+
+    # -- text helpers -------------------------------------------------------------------------
+    def encode_prompt(self, text: str, chat: bool | None = None) -> list[int]:
+        """Token ids of ``text``, wrapped in the chat template when the tokenizer has one."""
+        tok = self._require_tokenizer()
+        use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
+        if use_chat:
+            if not getattr(tok, "chat_template", None):
+                raise DLMError(f"the tokenizer of {self.path or 'this model'} has no chat template")
+            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        if self.facts.shifted and not ids and self.facts.bos_id is not None:
+            ids = [self.facts.bos_id]
+        return [int(i) for i in ids]
+
+    def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        tok = self._require_tokenizer()
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise DLMError(f"{self.path or 'this model'} has no tokenizer; pass token ids instead of text")
+        return self.tokenizer

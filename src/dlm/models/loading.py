@@ -1,0 +1,245 @@
+"""Loading and saving local Hugging Face-format checkpoint directories.
+
+A checkpoint is a directory with ``config.json`` and weights as one ``model.safetensors``, sharded
+safetensors with ``model.safetensors.index.json``, or (older releases) ``pytorch_model.bin``.
+Nothing is ever downloaded. Every failure is a :class:`CheckpointError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dlm.errors import CheckpointError, DLMError
+from dlm.models.diffusion_lm import DiffusionLM
+from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.registry import FAMILIES, resolve_facts
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> float32 on CPU, bfloat16 on accelerators."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise DLMError(f"unknown dtype {dtype!r} (choose one of: {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[dtype]
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DLMError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DLMError(f"device {device!r} was requested but CUDA is not available on this machine")
+    return dev
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a model directory (with config.json), got a file")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{cfg_file}: missing (every checkpoint directory needs a config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object")
+    model_type = cfg.get("model_type")
+    if model_type is None:
+        raise CheckpointError(f"{cfg_file}: field 'model_type' is missing")
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"{cfg_file}: field 'model_type' = {model_type!r} is not supported "
+            f"(supported: {', '.join(sorted(FAMILIES))})"
+        )
+    return cfg
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of the checkpoint and, for each, the file it came from (for error messages)."""
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    bin_single, bin_index = path / "pytorch_model.bin", path / "pytorch_model.bin.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists() or bin_index.exists():
+        idx_file = index if index.exists() else bin_index
+        try:
+            weight_map = json.loads(idx_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{idx_file}: not a valid shard index (needs a 'weight_map' object): {e}") from None
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        for f in files:
+            if not f.exists():
+                raise CheckpointError(f"{idx_file}: names shard {f.name}, which does not exist")
+    elif bin_single.exists():
+        files = [bin_single]
+    else:
+        raise CheckpointError(
+            f"{path}: no weights found (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for f in files:
+        try:
+            part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
+        except (SafetensorError, OSError, RuntimeError, Exception) as e:  # noqa: BLE001 - any corrupt file
+            raise CheckpointError(f"{f}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        for k, v in part.items():
+            tensors[k] = v
+            origin[k] = f.name
+    return tensors, origin
+
+
+def _remap_diffugpt(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DiffuGPT releases name the GPT-2 trunk ``denoise_model.*`` and the embedding ``embed_tokens``."""
+    if not any(k.startswith("denoise_model.") for k in tensors):
+        return tensors
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith("denoise_model."):
+            out["transformer." + k[len("denoise_model."):]] = v
+        elif k == "embed_tokens.weight":
+            out["transformer.wte.weight"] = v
+        elif k == "lm_head.weight":
+            out[k] = v
+    return out
+
+
+def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], origin: dict[str, str], path: Path,
+                        optional: set[str] = frozenset()) -> None:
+    """Copy ``tensors`` into ``module``; every parameter must be present with the right shape."""
+    own = module.state_dict()
+    for name, want in own.items():
+        if name not in tensors:
+            if name in optional:
+                continue
+            raise CheckpointError(f"{path}: tensor '{name}' is missing from the weights (required by config.json)")
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{path / origin.get(name, '?')}: tensor '{name}' has shape {tuple(got.shape)} but config.json "
+                f"implies {tuple(want.shape)}"
+            )
+    unexpected = [k for k in tensors if k not in own]
+    if unexpected:
+        raise CheckpointError(
+            f"{path / origin[unexpected[0]]}: unexpected tensor '{unexpected[0]}' "
+            f"({len(unexpected)} not used by the architecture in config.json)"
+        )
+    module.load_state_dict({k: v for k, v in tensors.items()}, strict=False)
+
+
+def _build_llada(path: Path, cfg: dict[str, Any], tensors, origin) -> nn.Module:
+    llada_cfg = LLaDAConfig.from_dict(cfg, source=str(path / "config.json"))
+    with torch.device("meta"):
+        net = LLaDAModelLM(llada_cfg)
+    net = net.to_empty(device="cpu")
+    load_weights_strict(net, tensors, origin, path)
+    return net
+
+
+def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin) -> nn.Module:
+    import transformers
+
+    try:
+        hf_cfg = transformers.AutoConfig.for_model(**cfg)
+        net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa")
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this config ({e})") from None
+    tensors = _remap_diffugpt(tensors)
+    tied = bool(getattr(net.config, "tie_word_embeddings", False))
+    optional = {k for k in net.state_dict() if k not in dict(net.named_parameters())}  # non-persistent buffers
+    if tied:
+        optional.add("lm_head.weight")
+    load_weights_strict(net, tensors, origin, path, optional=optional)
+    if tied:
+        net.tie_weights()
+    return net
+
+
+def _load_tokenizer(path: Path) -> Any:
+    if not any((path / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for broken tokenizer files
+        raise CheckpointError(f"{path}: tokenizer files are present but cannot be loaded ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def load(path: str | Path | None = None, device: str | torch.device = "cpu",
+         dtype: str | torch.dtype | None = None) -> DiffusionLM:
+    """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default)."""
+    dev = parse_device(device)
+    torch_dtype = parse_dtype(dtype, dev)
+    if path is None:
+        from dlm.models.default import default_model
+
+        return default_model().to(device=dev, dtype=torch_dtype).eval()
+    path = Path(path).expanduser()
+    cfg = read_config(path)
+    family = FAMILIES[cfg["model_type"]]
+    tensors, origin = read_state_dict(path)
+    build = _build_llada if family.architecture == "llada" else _build_hf_causal
+    net = build(path, cfg, tensors, origin)
+    del tensors
+    tokenizer = _load_tokenizer(path)
+    vocab = net.config.padded_vocab_size if isinstance(net, LLaDAModelLM) else net.get_output_embeddings().weight.shape[0]
+    facts = resolve_facts(cfg["model_type"], cfg, vocab, tokenizer)
+    model = DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path)
+    return model.to(device=dev, dtype=torch_dtype).eval()
+
+
+def save_pretrained(model: DiffusionLM, out_dir: str | Path, max_shard_bytes: int | None = None) -> Path:
+    """Write ``config.json``, safetensors weights (sharded above ``max_shard_bytes``) and the tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    if not model.is_llada and getattr(model.net.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(out / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                 "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(out))
+    return out

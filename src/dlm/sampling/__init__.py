@@ -1,0 +1,117 @@
+"""Samplers, reachable by name: ``dlm.generate(model, input_ids, sampler="llada", **options)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import torch
+
+from dlm.errors import DLMError
+from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, parse_options, timed
+from dlm.sampling.llada import LLaDASampler
+
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler,)}
+
+
+def sampler_options(name: str) -> dict[str, object]:
+    """Option names of a sampler with their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(_sampler_class(name).Options)}
+
+
+def _sampler_class(name: str) -> type[Sampler]:
+    if name not in SAMPLERS:
+        raise DLMError(f"unknown sampler {name!r} (available: {', '.join(sorted(SAMPLERS))})")
+    return SAMPLERS[name]
+
+
+def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        if attention_mask is not None and attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+    if input_ids.dim() != 2:
+        raise DLMError(f"input_ids must have shape (batch, prompt_length), got {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+        raise DLMError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    input_ids = input_ids.long()
+    V = model.facts.vocab_size
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= V):
+        raise DLMError(f"input_ids contain ids outside the vocabulary [0, {V})")
+    if model.facts.shifted and input_ids.shape[1] == 0:
+        raise DLMError("this model is shifted (AR-adapted): the prompt needs at least one token (e.g. BOS)")
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask)
+        if attention_mask.shape != input_ids.shape:
+            raise DLMError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise DLMError("attention_mask must contain only 0 (padding) and 1 (token)")
+        if input_ids.shape[1] > 1 and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+            raise DLMError("attention_mask has padding on the right; dlm samplers need left padding "
+                           "(set tokenizer.padding_side = 'left')")
+        if bool((input_ids[attention_mask == 0] == mask_id).any()):
+            raise DLMError(f"padding positions hold the mask token {mask_id}; pad with another id (e.g. EOS)")
+        attention_mask = attention_mask.to(device=model.device, dtype=torch.long)
+    return input_ids.to(model.device), attention_mask
+
+
+@torch.no_grad()
+def generate(model, input_ids, attention_mask=None, *, sampler: str = "llada", return_dict: bool = False,
+             output_history: bool = False, progress: bool = False, seed: int | None = None, **options):
+    """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
+
+    Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history)
+    with ``return_dict=True``. ``seed`` makes the run reproducible with its own generator; without
+    it the global torch RNG is used (``torch.manual_seed`` before the call reproduces it).
+    """
+    cls = _sampler_class(sampler)
+    opts = parse_options(cls.Options, sampler, options)
+    smp = cls(opts)
+    mask_id = getattr(opts, "mask_id", None)
+    if mask_id is None:
+        mask_id = model.facts.mask_id
+        if mask_id is None:
+            raise DLMError("this model has no mask token id (config.json mask_token_id or tokenizer.mask_token); "
+                           "pass mask_id=")
+        if hasattr(opts, "mask_id"):
+            opts.mask_id = mask_id
+    if not 0 <= mask_id < model.facts.vocab_size:
+        raise DLMError(f"mask_id {mask_id} is outside the vocabulary [0, {model.facts.vocab_size})")
+    smp.validate(model)
+    input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask, mask_id)
+    B, P = input_ids.shape
+    G = smp.gen_length()
+    x = torch.full((B, P + G), mask_id, dtype=torch.long, device=model.device)  # (B, P + G)
+    x[:, :P] = input_ids
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, G)], dim=1)
+    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=smp.total_steps(), desc=f"dlm {sampler}", unit="step", file=sys.stderr, leave=False)
+    state = DenoiseState(model, x, attention_mask, P, mask_id, cfg_scale=float(getattr(opts, "cfg_scale", 0.0)),
+                         generator=generator, keep_history=output_history, progress=bar)
+    was_training = model.training
+    model.eval()
+    start = timed()
+    try:
+        smp.run(state)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    seconds = timed() - start
+    if not return_dict and not output_history:
+        return state.x
+    return GenerationOutput(
+        sequences=state.x, prompt_length=P, nfe=state.nfe, seconds=seconds,
+        history=torch.stack(state.history) if state.history is not None else None,
+        sampler=sampler, options=dataclasses.asdict(opts),
+    )
+
+
+__all__ = ["SAMPLERS", "GenerationOutput", "generate", "sampler_options"]

@@ -1,0 +1,174 @@
+"""The shared denoising loop every sampler runs on.
+
+A sampler is a small class: an ``Options`` dataclass (validated, never silently adjusted) and
+three hooks - ``start_block``, ``block_done`` and ``step`` - called by :meth:`Sampler.run`:
+
+    canvas = [prompt | mask * gen_length]
+    for each block:                      # semi-autoregressive blocks (one block = fully parallel)
+        start_block(state, block)
+        while not block_done(state, block):
+            logits = state.denoise()     # one forward pass (two with CFG), counted as NFE
+            step(state, block, logits)   # commit some masked positions of the canvas
+            state.record()               # per-step history, progress bar
+
+``DenoiseState`` holds everything per request: the canvas, padding mask, prompt index, NFE,
+history and the random generator, so every sampler is batch-native with per-row state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from dlm.errors import DLMError
+
+
+@dataclass
+class GenerationOutput:
+    """What ``dlm.generate(..., return_dict=True)`` returns."""
+
+    sequences: torch.Tensor  # (B, P + G) prompt followed by the generated tokens
+    prompt_length: int  # P
+    nfe: int  # denoiser forward passes per sequence (a CFG step counts 2)
+    seconds: float
+    history: torch.Tensor | None = None  # (S + 1, B, P + G): the initial canvas and the canvas after each step
+    sampler: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def generated(self) -> torch.Tensor:  # (B, G)
+        return self.sequences[:, self.prompt_length:]
+
+
+@dataclass
+class Block:
+    index: int
+    start: int  # absolute canvas position of the first token of the block
+    end: int  # exclusive
+    steps_taken: int = 0
+
+
+class DenoiseState:
+    """Per-call state of a denoising run over a batch of left-padded prompts."""
+
+    def __init__(self, model, x: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int,
+                 mask_id: int, cfg_scale: float = 0.0, generator: torch.Generator | None = None,
+                 keep_history: bool = False, progress=None):
+        self.model = model
+        self.x = x  # (B, L) canvas, L = P + G
+        self.attention_mask = attention_mask  # (B, L) or None
+        self.prompt_length = prompt_length
+        self.mask_id = mask_id
+        self.cfg_scale = cfg_scale
+        self.generator = generator
+        self.prompt_index = x != mask_id  # (B, L): prompt and padding (what CFG masks out)
+        self.nfe = 0
+        self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
+        self.progress = progress
+
+    @property
+    def mask_index(self) -> torch.Tensor:  # (B, L) positions still masked
+        return self.x == self.mask_id
+
+    def denoise(self, logits_from: int = 0) -> torch.Tensor:
+        """Logits (B, L - logits_from, V) of the current canvas; unsupervised CFG when cfg_scale > 0."""
+        model, x, am = self.model, self.x, self.attention_mask
+        if self.cfg_scale > 0.0:
+            un_x = x.clone()
+            un_x[self.prompt_index] = self.mask_id
+            both = model(torch.cat([x, un_x]), attention_mask=None if am is None else torch.cat([am, am]),
+                         logits_from=logits_from).logits
+            cond, uncond = torch.chunk(both, 2, dim=0)
+            self.nfe += 2
+            return uncond + (self.cfg_scale + 1) * (cond - uncond)
+        self.nfe += 1
+        return model(x, attention_mask=am, logits_from=logits_from).logits
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.rand(*shape, dtype=dtype, device=self.x.device, generator=self.generator)
+
+    def record(self) -> None:
+        if self.history is not None:
+            self.history.append(self.x.cpu().clone())
+        if self.progress is not None:
+            self.progress.update(1)
+
+
+class Sampler:
+    """Base class: subclasses set ``name``, ``Options`` and implement the three hooks."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, options):
+        self.opts = options
+
+    # -- hooks -------------------------------------------------------------------------------
+    def validate(self, model) -> None:
+        """Reject invalid option combinations with a clear message (never adjust them)."""
+
+    def gen_length(self) -> int:
+        return self.opts.gen_length
+
+    def blocks(self, prompt_length: int) -> list[Block]:
+        """Semi-autoregressive blocks over the generated region (``block_length`` option)."""
+        g, b = self.opts.gen_length, self.opts.block_length
+        return [Block(i, prompt_length + s, prompt_length + s + b) for i, s in enumerate(range(0, g, b))]
+
+    def total_steps(self) -> int | None:
+        """Steps for the progress bar when known in advance."""
+        return None
+
+    def start_block(self, state: DenoiseState, block: Block) -> None:
+        pass
+
+    def logits_from(self, state: DenoiseState, block: Block) -> int:
+        """First canvas position whose logits ``step`` reads (positions before it are skipped)."""
+        return 0
+
+    def block_done(self, state: DenoiseState, block: Block) -> bool:
+        raise NotImplementedError
+
+    def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, state: DenoiseState) -> None:
+        for block in self.blocks(state.prompt_length):
+            self.start_block(state, block)
+            while not self.block_done(state, block):
+                logits = state.denoise(self.logits_from(state, block))  # (B, L - logits_from, V)
+                self.step(state, block, logits)
+                block.steps_taken += 1
+                state.record()
+
+
+def parse_options(cls: type, name: str, options: dict[str, Any]):
+    """Build a sampler's Options dataclass, rejecting unknown names and wrong types."""
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise DLMError(f"sampler '{name}' has no option {unknown[0]!r} (options: {', '.join(valid)})")
+    for key, value in options.items():
+        kind = valid[key].type if isinstance(valid[key].type, str) else getattr(valid[key].type, "__name__", "")
+        if value is None:
+            if "None" not in kind:
+                raise DLMError(f"sampler '{name}': option {key!r} must be set, got None")
+            continue
+        if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DLMError(f"sampler '{name}': option {key!r} must be an integer, got {value!r}")
+        if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DLMError(f"sampler '{name}': option {key!r} must be a number, got {value!r}")
+        if kind.startswith("bool") and not isinstance(value, bool):
+            raise DLMError(f"sampler '{name}': option {key!r} must be true or false, got {value!r}")
+        if kind.startswith("str") and not isinstance(value, str):
+            raise DLMError(f"sampler '{name}': option {key!r} must be a string, got {value!r}")
+    return cls(**options)
+
+
+def timed() -> float:
+    return time.perf_counter()

@@ -1,0 +1,138 @@
+"""LLaDA's sampler: low-confidence (or random) remasking with semi-autoregressive blocks.
+
+Semantics are those of ML-GSAI/LLaDA ``generate.py`` (2025-10 version with ``attention_mask``),
+token for token at temperature 0 and with the same random stream at temperature > 0 (the same
+``torch.rand`` calls in the same order, so ``torch.manual_seed(s)`` before a call reproduces it):
+
+* the generated region is split into ``gen_length / block_length`` blocks decoded left to right;
+  each block gets ``steps / num_blocks`` steps;
+* a block with ``n`` masked tokens commits ``n // S`` tokens per step, the first ``n % S`` steps one
+  more (``transfer_schedule``);
+* each step predicts ``x0 = argmax(logits)`` (temperature 0) or the Gumbel-max sample
+  ``argmax(exp(l) / (-log U)^T)`` in float64; confidence is ``softmax(logits)[x0]`` (or ``U(0, 1)``
+  for ``remasking="random"``), ``-inf`` past the current block and at unmasked positions, and the
+  top-k most confident masked positions of each row are committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dlm.errors import DLMError
+from dlm.sampling.base import Block, DenoiseState, Sampler
+
+
+def transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B,) masked tokens per row -> (B, steps) tokens to commit at each step."""
+    base = mask_count // steps
+    remainder = mask_count % steps
+    sched = base[:, None].expand(-1, steps).clone()
+    sched += torch.arange(steps, device=mask_count.device)[None, :] < remainder[:, None]
+    return sched.to(torch.int64)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """argmax(exp(l) / (-log U)^T) in float64 (LLaDA's Gumbel-max); plain argmax at T = 0."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    return (logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+
+
+@dataclass
+class LLaDAOptions:
+    gen_length: int = 128
+    steps: int | None = None  # default: gen_length (one token per step)
+    block_length: int | None = None  # default: gen_length (one block)
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    mask_id: int | None = None  # default: the model's mask token
+    logits_eos_inf: bool = False  # EOS logits = -inf: EOS is never predicted
+    confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get zero confidence (see below)
+
+
+class LLaDASampler(Sampler):
+    name = "llada"
+    Options = LLaDAOptions
+
+    def __init__(self, options: LLaDAOptions):
+        if options.steps is None:
+            options.steps = options.gen_length
+        if options.block_length is None:
+            options.block_length = options.gen_length
+        super().__init__(options)
+
+    def validate(self, model) -> None:
+        o = self.opts
+        if o.gen_length <= 0:
+            raise DLMError(f"gen_length must be positive, got {o.gen_length}")
+        if o.block_length <= 0 or o.gen_length % o.block_length != 0:
+            raise DLMError(f"gen_length ({o.gen_length}) must be a positive multiple of block_length ({o.block_length})")
+        num_blocks = o.gen_length // o.block_length
+        if o.steps <= 0 or o.steps % num_blocks != 0:
+            raise DLMError(
+                f"steps ({o.steps}) must be a positive multiple of the number of blocks "
+                f"({num_blocks} = gen_length {o.gen_length} / block_length {o.block_length})"
+            )
+        if o.temperature < 0:
+            raise DLMError(f"temperature must be >= 0, got {o.temperature}")
+        if o.cfg_scale < 0:
+            raise DLMError(f"cfg_scale must be >= 0, got {o.cfg_scale}")
+        if o.remasking not in ("low_confidence", "random"):
+            raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
+        if (o.logits_eos_inf or o.confidence_eos_eot_inf) and not model.facts.eos_ids:
+            raise DLMError("logits_eos_inf / confidence_eos_eot_inf need an EOS id, and this model has none")
+
+    def total_steps(self) -> int:
+        return self.opts.steps
+
+    def start_block(self, state: DenoiseState, block: Block) -> None:
+        steps_per_block = self.opts.steps // (self.opts.gen_length // self.opts.block_length)
+        block_masks = state.mask_index[:, block.start:block.end].sum(dim=1)  # (B,)
+        self._schedule = transfer_schedule(block_masks, steps_per_block)  # (B, steps_per_block)
+
+    def block_done(self, state: DenoiseState, block: Block) -> bool:
+        return block.steps_taken == self._schedule.shape[1]
+
+    def logits_from(self, state: DenoiseState, block: Block) -> int:
+        # Only masked positions before the block end can be committed; skip the head elsewhere.
+        masked = state.mask_index[:, :block.end].any(dim=0).nonzero()
+        return int(masked[0]) if len(masked) else block.start
+
+    def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
+        o, x = self.opts, state.x
+        B, L = x.shape
+        lo = L - logits.shape[1]  # logits cover canvas positions lo..L-1
+        eos = list(state.model.facts.eos_ids)
+        if o.logits_eos_inf:
+            logits[:, :, eos] = -torch.inf
+        # Gumbel noise is drawn for the whole canvas, as the reference does, to share its stream.
+        noise = state.rand(B, L, logits.shape[-1], dtype=torch.float64)[:, lo:] if o.temperature > 0 else None
+        x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, L - lo)
+        if o.confidence_eos_eot_inf:
+            # The reference's chained assignment `noisy[..., EOS] = logits[..., EoT] = -inf`: at
+            # temperature 0 `noisy is logits`, so EOS and EoT both leave the softmax; at
+            # temperature > 0 only EoT does.
+            eot = state.model.facts.eot_id
+            drop = ([] if eot is None else [eot]) + (eos if o.temperature == 0 else [])
+            logits[:, :, drop] = -torch.inf
+        if o.remasking == "low_confidence":
+            p = F.softmax(logits, dim=-1)
+            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L - lo)
+        else:
+            x0_p = state.rand(B, L)[:, lo:]
+        mask_index = state.mask_index  # (B, L)
+        # Rank over the full row, as the reference does, so that ties break the same way.
+        confidence = torch.full((B, L), -torch.inf, dtype=x0_p.dtype, device=x.device)
+        confidence[:, lo:block.end] = x0_p[:, :block.end - lo]
+        confidence = confidence.masked_fill(~mask_index, -torch.inf)
+        candidates = x.clone()
+        candidates[:, lo:] = torch.where(mask_index[:, lo:], x0, x[:, lo:])
+        for row, k in enumerate(self._schedule[:, block.steps_taken].tolist()):
+            if k == 0:
+                continue
+            _, idx = torch.topk(confidence[row], k=k)
+            x[row, idx] = candidates[row, idx]
