@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny checkpoints built on the fly (seeded), never downloaded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dlm
+from dlm.models.default import byte_tokenizer, tiny_llada_config
+from dlm.models.diffusion_lm import DiffusionLM
+from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.registry import resolve_facts
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+torch.set_num_threads(1)  # tiny models: threads only add contention
+
+
+def make_tiny_llada(seed: int = 0, tokenizer: bool = False, std: float = 0.3, **overrides) -> DiffusionLM:
+    """A random tiny LLaDA (vocab 64 without tokenizer, byte-level with one). std 0.3 so confidences vary."""
+    tok = byte_tokenizer() if tokenizer else None
+    if tok is not None:
+        ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|mask|>", "<|eos|>", "<|pad|>", "<|bos|>", "<|eot|>")}
+        cfg = tiny_llada_config(len(tok), mask_token_id=ids["<|mask|>"], eos_token_id=ids["<|eos|>"],
+                                pad_token_id=ids["<|pad|>"], bos_token_id=ids["<|bos|>"],
+                                eot_token_id=ids["<|eot|>"], **overrides)
+    else:
+        cfg = tiny_llada_config(64, mask_token_id=63, eos_token_id=62, pad_token_id=61, **overrides)
+    net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
+    net.init_weights(std=std, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # as in a trained model, the mask token is (almost surely) never the top prediction
+        net.model.transformer.ff_out.weight[cfg["mask_token_id"]] = 0.0
+    facts = resolve_facts("llada", cfg, net.config.padded_vocab_size, tok)
+    return DiffusionLM(net, facts, cfg, tokenizer=tok).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llada() -> DiffusionLM:
+    return make_tiny_llada()
+
+
+@pytest.fixture(scope="session")
+def tiny_llada_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_llada")
+    dlm.save_pretrained(make_tiny_llada(seed=3), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llada_tok_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_llada_tok")
+    dlm.save_pretrained(make_tiny_llada(seed=4, tokenizer=True), out)
+    return out

@@ -1,0 +1,87 @@
+"""GPT-2 / LLaMA causal LMs used as diffusion models: full attention and the logit shift."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import dlm
+
+
+def _tiny_hf(kind: str, tmp_path, mask_token_id: int = 60):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      mask_token_id=mask_token_id, eos_token_id=61, bos_token_id=62)
+    else:
+        cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                       mask_token_id=mask_token_id, eos_token_id=61, bos_token_id=62)
+    net = transformers.AutoModelForCausalLM.from_config(cfg)
+    net.save_pretrained(tmp_path / kind)
+    return tmp_path / kind, net.eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_shifted_full_attention(kind, tmp_path):
+    path, raw_net = _tiny_hf(kind, tmp_path)
+    model = dlm.load(path)
+    assert model.facts.shifted and model.facts.mask_id == 60 and model.facts.eos_ids == (61,)
+    ids = torch.randint(0, 60, (2, 10), generator=torch.Generator().manual_seed(0))
+    logits = model(ids).logits
+    assert logits.shape == (2, 10, 64)
+    # bidirectional: changing the last token changes predictions at earlier positions
+    ids2 = ids.clone()
+    ids2[:, -1] = (ids2[:, -1] + 1) % 60
+    assert not torch.allclose(model(ids2).logits[:, 2], logits[:, 2])
+    # shift: position i (>= 1) reads the raw output at i - 1, computed with full attention
+    full = torch.zeros(2, 1, 10, 10)
+    raw = raw_net(input_ids=ids, attention_mask=full).logits
+    torch.testing.assert_close(logits[:, 1:], raw[:, :-1])
+    torch.testing.assert_close(logits[:, 0], raw[:, 0])
+    # logits_from returns the same aligned slice
+    torch.testing.assert_close(model(ids, logits_from=4).logits, logits[:, 4:])
+    torch.testing.assert_close(model(ids, logits_from=1).logits, logits[:, 1:])
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_padding_is_honoured(kind, tmp_path):
+    path, _ = _tiny_hf(kind, tmp_path)
+    model = dlm.load(path)
+    ids = torch.randint(0, 60, (1, 8), generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([torch.full((1, 3), 61), ids], dim=1)
+    am = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
+    # shifted: position 3 (the first real token) is predicted from a pad slot; from 4 on all is real
+    a = model(padded, attention_mask=am).logits[:, 4:]
+    b = model(padded.clone().index_fill_(1, torch.tensor([0, 1, 2]), 5), attention_mask=am).logits[:, 4:]
+    torch.testing.assert_close(a, b)  # pad contents are invisible
+
+
+def test_generate_with_shifted_model(tmp_path):
+    path, _ = _tiny_hf("llama", tmp_path)
+    model = dlm.load(path)
+    prompt = torch.tensor([[62, 5, 6, 7]])
+    out = dlm.generate(model, prompt, steps=4, gen_length=8, block_length=4, return_dict=True)
+    assert out.sequences.shape == (1, 12) and out.nfe == 4
+    assert not (out.generated == 60).any()
+    with pytest.raises(dlm.DLMError, match="at least one token"):
+        dlm.generate(model, torch.zeros(1, 0, dtype=torch.long), steps=4, gen_length=4)
+
+
+def test_diffugpt_parameter_names_are_mapped(tmp_path):
+    path, raw_net = _tiny_hf("gpt2", tmp_path)
+    tensors = load_file(str(path / "model.safetensors"))
+    renamed = {}
+    for k, v in tensors.items():
+        if k == "transformer.wte.weight":
+            renamed["embed_tokens.weight"] = v
+        elif k.startswith("transformer."):
+            renamed["denoise_model." + k[len("transformer."):]] = v
+    (path / "model.safetensors").unlink()
+    save_file(renamed, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model = dlm.load(path)
+    ids = torch.randint(0, 60, (1, 6))
+    raw = raw_net(input_ids=ids, attention_mask=torch.zeros(1, 1, 6, 6)).logits
+    torch.testing.assert_close(model(ids).logits[:, 1:], raw[:, :-1])

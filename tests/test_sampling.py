@@ -1,0 +1,130 @@
+"""The LLaDA sampler: schedule, validation, batching, padding, NFE, history, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dlm
+from dlm.sampling.llada import transfer_schedule
+from naive_loop import naive_generate
+from conftest import make_tiny_llada
+
+
+def prompts(batch=3, length=6, seed=0):
+    return torch.randint(0, 60, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_transfer_schedule_matches_reference_rule():
+    sched = transfer_schedule(torch.tensor([10, 3, 0]), 4)
+    assert sched.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
+    assert sched.sum(1).tolist() == [10, 3, 0]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(steps=8, gen_length=8, block_length=8),
+    dict(steps=6, gen_length=16, block_length=8),
+    dict(steps=5, gen_length=12, block_length=12),
+    dict(steps=4, gen_length=8, block_length=4, remasking="random"),
+    dict(steps=8, gen_length=8, block_length=4, temperature=0.8),
+    dict(steps=4, gen_length=8, block_length=8, cfg_scale=1.5),
+])
+def test_matches_naive_loop(tiny_llada, kw):
+    """dlm's windowed sampler equals a plain full-logits loop, token for token, with the same RNG stream."""
+    ids = prompts()
+    am = torch.ones_like(ids)
+    torch.manual_seed(7)
+    ours = dlm.generate(tiny_llada, ids, am, **kw)
+    torch.manual_seed(7)
+    theirs = naive_generate(tiny_llada, ids, am, **kw)
+    assert torch.equal(ours, theirs)
+    assert not (ours == 63).any()
+
+
+def test_every_masked_position_is_filled_and_prompt_kept(tiny_llada):
+    ids = prompts()
+    out = dlm.generate(tiny_llada, ids, steps=8, gen_length=16, block_length=8)
+    assert out.shape == (3, 22)
+    assert torch.equal(out[:, :6], ids)
+    assert not (out == 63).any()
+
+
+def test_batched_equals_one_at_a_time(tiny_llada):
+    ids = prompts(batch=4)
+    kw = dict(steps=8, gen_length=16, block_length=8)
+    batched = dlm.generate(tiny_llada, ids, **kw)
+    for i in range(4):
+        assert torch.equal(batched[i:i + 1], dlm.generate(tiny_llada, ids[i:i + 1], **kw))
+
+
+def test_left_padded_batch_equals_unpadded_rows(tiny_llada):
+    """RoPE is relative and pads are masked: a padded row decodes like the prompt alone."""
+    rows = [torch.tensor([5, 9, 14, 2, 33, 7]), torch.tensor([11, 3, 40]), torch.tensor([8])]
+    width = max(len(r) for r in rows)
+    ids = torch.full((3, width), 61)
+    am = torch.zeros(3, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        am[i, width - len(r):] = 1
+    kw = dict(steps=8, gen_length=8, block_length=8)
+    batched = dlm.generate(tiny_llada, ids, am, **kw)
+    for i, r in enumerate(rows):
+        alone = dlm.generate(tiny_llada, r[None], **kw)
+        assert torch.equal(batched[i, width:], alone[0, len(r):])
+
+
+def test_nfe_history_and_return_dict(tiny_llada):
+    out = dlm.generate(tiny_llada, prompts(batch=2), steps=8, gen_length=16, block_length=8, return_dict=True,
+                       output_history=True)
+    assert out.nfe == 8 and out.history.shape == (9, 2, 22)
+    masks = (out.history[:, :, 6:] == 63).sum(dim=(1, 2)).tolist()
+    assert masks[0] == 32 and masks[-1] == 0 and masks == sorted(masks, reverse=True)
+    assert torch.equal(out.history[-1], out.sequences)
+    cfg = dlm.generate(tiny_llada, prompts(batch=2), steps=4, gen_length=8, cfg_scale=1.0, return_dict=True)
+    assert cfg.nfe == 8  # a CFG step is two denoiser evaluations
+
+
+def test_seed_makes_sampling_reproducible(tiny_llada):
+    kw = dict(steps=8, gen_length=8, temperature=1.0, seed=123)
+    a = dlm.generate(tiny_llada, prompts(), **kw)
+    b = dlm.generate(tiny_llada, prompts(), **kw)
+    c = dlm.generate(tiny_llada, prompts(), **{**kw, "seed": 124})
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_eos_suppression(tiny_llada):
+    ids = prompts()
+    model = make_tiny_llada(seed=11)
+    with torch.no_grad():  # make EOS (62) the top prediction everywhere
+        model.net.model.transformer.ff_out.weight[62] = 5.0
+    plain = dlm.generate(model, ids, steps=8, gen_length=8)
+    assert (plain[:, 6:] == 62).float().mean() > 0.5
+    suppressed = dlm.generate(model, ids, steps=8, gen_length=8, logits_eos_inf=True)
+    assert not (suppressed[:, 6:] == 62).any()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(gen_length=10, block_length=3), "multiple of block_length"),
+    (dict(gen_length=16, block_length=4, steps=6), "multiple of the number of blocks"),
+    (dict(gen_length=0), "gen_length must be positive"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(remasking="entropy"), "remasking must be"),
+    (dict(cfg_scale=-0.5), "cfg_scale"),
+    (dict(stepz=3), "has no option 'stepz'"),
+    (dict(steps="8"), "must be an integer"),
+    (dict(mask_id=999), "outside the vocabulary"),
+])
+def test_invalid_settings_are_rejected(tiny_llada, kw, message):
+    with pytest.raises(dlm.DLMError, match=message):
+        dlm.generate(tiny_llada, prompts(), **kw)
+
+
+def test_invalid_inputs_are_rejected(tiny_llada):
+    with pytest.raises(dlm.DLMError, match="unknown sampler"):
+        dlm.generate(tiny_llada, prompts(), sampler="nope")
+    with pytest.raises(dlm.DLMError, match="left padding"):
+        dlm.generate(tiny_llada, prompts(batch=1), torch.tensor([[1, 1, 1, 1, 1, 0]]), gen_length=4)
+    with pytest.raises(dlm.DLMError, match="outside the vocabulary"):
+        dlm.generate(tiny_llada, torch.tensor([[1, 2, 64]]), gen_length=4)
+    with pytest.raises(dlm.DLMError, match="padding positions hold the mask token"):
+        dlm.generate(tiny_llada, torch.tensor([[63, 2, 3]]), torch.tensor([[0, 1, 1]]), gen_length=4)
