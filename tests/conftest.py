@@ -33,8 +33,9 @@ def make_tiny_llada(seed: int = 0, tokenizer: bool = False, std: float = 0.3, **
         cfg = tiny_llada_config(64, mask_token_id=63, eos_token_id=62, pad_token_id=61, **overrides)
     net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
     net.init_weights(std=std, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():  # as in a trained model, the mask token is (almost surely) never the top prediction
-        net.model.transformer.ff_out.weight[cfg["mask_token_id"]] = 0.0
+    if not net.config.weight_tying:
+        with torch.no_grad():  # as in a trained model, the mask token is (almost surely) never the top prediction
+            net.model.transformer.ff_out.weight[cfg["mask_token_id"]] = 0.0
     facts = resolve_facts("llada", cfg, net.config.padded_vocab_size, tok)
     return DiffusionLM(net, facts, cfg, tokenizer=tok).eval()
 

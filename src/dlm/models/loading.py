@@ -126,8 +126,11 @@ def _remap_diffugpt(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], origin: dict[str, str], path: Path,
-                        optional: set[str] = frozenset()) -> None:
-    """Copy ``tensors`` into ``module``; every parameter must be present with the right shape."""
+                        optional: set[str] = frozenset(), assign: bool = False) -> None:
+    """Load ``tensors`` into ``module``; every parameter must be present with the right shape.
+
+    ``assign=True`` adopts the tensors themselves (for a module built on the meta device: no copy).
+    """
     own = module.state_dict()
     for name, want in own.items():
         if name not in tensors:
@@ -146,19 +149,20 @@ def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], ori
             f"{path / origin[unexpected[0]]}: unexpected tensor '{unexpected[0]}' "
             f"({len(unexpected)} not used by the architecture in config.json)"
         )
-    module.load_state_dict({k: v for k, v in tensors.items()}, strict=False)
+    module.load_state_dict(tensors, strict=False, assign=assign)
 
 
-def _build_llada(path: Path, cfg: dict[str, Any], tensors, origin) -> nn.Module:
+def _build_llada(path: Path, cfg: dict[str, Any], tensors, origin, dtype: torch.dtype) -> nn.Module:
     llada_cfg = LLaDAConfig.from_dict(cfg, source=str(path / "config.json"))
-    with torch.device("meta"):
+    with torch.device("meta"):  # no random init, no second copy of the weights
         net = LLaDAModelLM(llada_cfg)
-    net = net.to_empty(device="cpu")
-    load_weights_strict(net, tensors, origin, path)
+    for k in tensors:
+        tensors[k] = tensors[k].to(dtype)
+    load_weights_strict(net, tensors, origin, path, assign=True)
     return net
 
 
-def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin) -> nn.Module:
+def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin, dtype: torch.dtype) -> nn.Module:
     import transformers
 
     try:
@@ -203,7 +207,7 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     family = FAMILIES[cfg["model_type"]]
     tensors, origin = read_state_dict(path)
     build = _build_llada if family.architecture == "llada" else _build_hf_causal
-    net = build(path, cfg, tensors, origin)
+    net = build(path, cfg, tensors, origin, torch_dtype)
     del tensors
     tokenizer = _load_tokenizer(path)
     vocab = net.config.padded_vocab_size if isinstance(net, LLaDAModelLM) else net.get_output_embeddings().weight.shape[0]
