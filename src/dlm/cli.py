@@ -67,7 +67,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts = [_parse_ids(p) for p in args.prompt_ids]
     else:
         chat = None if args.chat == "auto" else args.chat == "on"
-        prompts = [model.encode_prompt(p, chat=chat) for p in args.prompt]
+        texts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
+        prompts = [model.encode_prompt(t, chat=chat) for t in texts]
     options = {k: v for k, v in {
         "gen_length": args.gen_length, "steps": args.steps, "block_length": args.block_length,
         "temperature": args.temperature, "cfg_scale": args.cfg_scale, "remasking": args.remasking,
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Denoise an answer for each prompt (repeat --prompt for a batch).")
     g.add_argument("--model", default=None, help="checkpoint directory (default: the embedded default model)")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")
     g.add_argument("--sampler", default="llada", choices=sorted(SAMPLERS), help="sampler (default: llada)")
     g.add_argument("--gen-length", type=int, help="tokens to generate (default 128)")
