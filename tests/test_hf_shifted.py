@@ -70,6 +70,13 @@ def test_generate_with_shifted_model(tmp_path):
         dlm.generate(model, torch.zeros(1, 0, dtype=torch.long), steps=4, gen_length=4)
 
 
+def test_gpt2_position_limit_is_a_clear_error(tmp_path):
+    path, _ = _tiny_hf("gpt2", tmp_path)  # n_positions = 64
+    model = dlm.load(path)
+    with pytest.raises(dlm.DLMError, match="exceeds this model's 64 positions"):
+        dlm.generate(model, torch.tensor([[62, 5]]), steps=64, gen_length=64)
+
+
 def test_diffugpt_parameter_names_are_mapped(tmp_path):
     path, raw_net = _tiny_hf("gpt2", tmp_path)
     tensors = load_file(str(path / "model.safetensors"))

@@ -97,6 +97,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             record["history"] = out.history[:, :, out.prompt_length:].tolist()
         print(json.dumps(record))
         return 0
+    if args.model is None:
+        print("dlm: note: no --model given; the embedded default is a tiny random model until trained weights ship",
+              file=sys.stderr)
     for r in results:
         print(r["text"] if r["text"] is not None else " ".join(map(str, r["answer_ids"])))
     if args.verbose:

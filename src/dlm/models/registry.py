@@ -50,6 +50,7 @@ class ModelFacts:
     eot_id: int | None = None
     bos_id: int | None = None
     pad_id: int | None = None
+    max_positions: int | None = None  # hard length limit (learned absolute positions), None = none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,4 +106,6 @@ def resolve_facts(model_type: str, config: dict[str, Any], vocab_size: int, toke
         eot_id=in_vocab(eot_id),
         bos_id=in_vocab(pick("bos_token_id", "bos_token_id", fam.bos_id)),
         pad_id=in_vocab(pick("pad_token_id", "pad_token_id", fam.pad_id)),
+        # GPT-2 has learned absolute position embeddings: longer inputs cannot run. RoPE models can.
+        max_positions=config.get("n_positions") if model_type == "gpt2" else None,
     )

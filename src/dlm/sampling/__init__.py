@@ -83,6 +83,9 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str = "llada", r
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask, mask_id)
     B, P = input_ids.shape
     G = smp.gen_length()
+    limit = model.facts.max_positions
+    if limit is not None and P + G > limit:
+        raise DLMError(f"prompt ({P}) + gen_length ({G}) = {P + G} tokens exceeds this model's {limit} positions")
     x = torch.full((B, P + G), mask_id, dtype=torch.long, device=model.device)  # (B, P + G)
     x[:, :P] = input_ids
     if attention_mask is not None:
