@@ -49,6 +49,16 @@ def build(spec: dict, seed: int) -> DiffusionLM:
     return DiffusionLM(net, resolve_facts("llada", cfg, spec["vocab"]), cfg).eval()
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_it(fn, repeats: int) -> tuple[float, torch.Tensor]:
     fn()  # warm-up
     times, out = [], None
@@ -89,7 +99,7 @@ def main() -> None:
         "median_of": args.repeats, "batch": args.batch, "prompt_length": args.prompt_length, "seed": args.seed,
         "threads": args.threads, "rows": rows,
         "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+        "hardware": {"machine": platform.machine(), "cpu": cpu_model(),
                      "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
