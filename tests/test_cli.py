@@ -73,6 +73,10 @@ def test_info(capsys, tiny_llada_tok_dir):
 
 
 def test_console_script_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "dlm.cli", "generate", "--prompt", "hi", "--gen-length", "0"],
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "dlm"
+    assert script.exists(), "the dlm console script is not installed next to the interpreter"
+    proc = subprocess.run([str(script), "generate", "--prompt", "hi", "--gen-length", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "gen_length must be positive" in proc.stderr and "Traceback" not in proc.stderr

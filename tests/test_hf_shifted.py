@@ -86,9 +86,42 @@ def test_diffugpt_parameter_names_are_mapped(tmp_path):
             renamed["embed_tokens.weight"] = v
         elif k.startswith("transformer."):
             renamed["denoise_model." + k[len("transformer."):]] = v
+    renamed["denoise_model.h.0.attn.masked_bias"] = torch.tensor(-1e4)  # old GPT-2 exports carry these buffers
     (path / "model.safetensors").unlink()
     save_file(renamed, str(path / "model.safetensors"), metadata={"format": "pt"})
     model = dlm.load(path)
     ids = torch.randint(0, 60, (1, 6))
     raw = raw_net(input_ids=ids, attention_mask=torch.zeros(1, 1, 6, 6)).logits
     torch.testing.assert_close(model(ids).logits[:, 1:], raw[:, :-1])
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_requested_dtype_wins_over_config_dtype(kind, tmp_path):
+    import json
+
+    path, raw_net = _tiny_hf(kind, tmp_path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["torch_dtype"] = cfg["dtype"] = "bfloat16"
+    (path / "config.json").write_text(json.dumps(cfg))
+    model = dlm.load(path, dtype="float32")
+    assert model.dtype == torch.float32
+    want = raw_net.get_input_embeddings().weight
+    assert torch.equal(model.net.get_input_embeddings().weight, want)  # not rounded through bf16
+
+
+def test_tied_head_keeps_the_input_embedding(tmp_path):
+    path, raw_net = _tiny_hf("gpt2", tmp_path)
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors["lm_head.weight"] = torch.zeros_like(tensors["transformer.wte.weight"])  # a stale head copy
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model = dlm.load(path)
+    assert torch.equal(model.net.get_input_embeddings().weight, raw_net.get_input_embeddings().weight)
+
+
+def test_shifted_model_rejects_a_mask_as_first_prompt_token(tmp_path):
+    path, _ = _tiny_hf("llama", tmp_path)
+    model = dlm.load(path)
+    with pytest.raises(dlm.DLMError, match="first prompt token"):
+        dlm.generate(model, torch.tensor([[60, 5, 6]]), steps=4, gen_length=4)
+    with pytest.raises(dlm.DLMError, match="first prompt token"):  # left-padded: the first real token
+        dlm.generate(model, torch.tensor([[61, 60, 6]]), torch.tensor([[0, 1, 1]]), steps=4, gen_length=4)

@@ -80,6 +80,14 @@ def _copy(src, dst):
         (lambda d: _edit(d, d_model=None), "required LLaDA field 'd_model' is missing"),
         (lambda d: (d / "model.safetensors").unlink(), "no weights found"),
         (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "cannot read weights"),
+        (lambda d: _edit(d, n_heads=0), "field 'n_heads' = 0 must be positive"),
+        (lambda d: _edit(d, d_model="64"), "field 'd_model' = '64' must be an integer"),
+        (lambda d: _edit(d, rope_theta=float("nan")), "field 'rope_theta'"),
+        (lambda d: _edit(d, model_type=["llada"]), "is not supported"),
+        (lambda d: _shard_index(d, []), "must map tensor names to shard file names"),
+        (lambda d: _shard_index(d, {"model.transformer.wte.weight": None}), "must map tensor names"),
+        (lambda d: ((d / "model.safetensors").unlink(), (d / "pytorch_model.bin").write_bytes(b"")),
+         "cannot read weights (EOFError"),
     ],
 )
 def test_broken_checkpoints_fail_with_one_clear_sentence(tiny_llada_dir, tmp_path, breakage, message):
@@ -104,6 +112,27 @@ def test_not_a_directory(tmp_path):
     f.write_text("x")
     with pytest.raises(CheckpointError, match="expected a model directory"):
         dlm.load(f)
+
+
+def _shard_index(d, weight_map):
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_remote_code_is_never_run_or_asked_about(tiny_llada_tok_dir, tmp_path):
+    """Real LLaDA configs carry an auto_map; loading must not prompt or execute checkpoint code."""
+    import subprocess
+    import sys
+
+    d = _copy(tiny_llada_tok_dir, tmp_path / "ckpt")
+    _edit(d, auto_map={"AutoConfig": "configuration_llada.LLaDAConfig",
+                       "AutoModel": "modeling_llada.LLaDAModelLM"})
+    (d / "configuration_llada.py").write_text("raise SystemExit('checkpoint code was executed')\n")
+    proc = subprocess.run([sys.executable, "-m", "dlm.cli", "generate", "--model", str(d), "--prompt", "hi",
+                           "--gen-length", "4", "--json"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["text"] is not None
 
 
 def _edit(d, **fields):

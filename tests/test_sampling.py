@@ -113,6 +113,8 @@ def test_eos_suppression(tiny_llada):
     (dict(stepz=3), "has no option 'stepz'"),
     (dict(steps="8"), "must be an integer"),
     (dict(mask_id=999), "outside the vocabulary"),
+    (dict(temperature=float("nan")), "finite number"),
+    (dict(cfg_scale=float("inf")), "finite number"),
 ])
 def test_invalid_settings_are_rejected(tiny_llada, kw, message):
     with pytest.raises(dlm.DLMError, match=message):

@@ -31,7 +31,9 @@ def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, promp
 
     input_ids (B, L). ``prompt_lengths`` (B,) switches to the SFT objective: positions before each
     row's prompt length are never masked and the loss is normalised by answer length.
-    ``attention_mask`` (B, L) marks padding, which is neither masked nor counted.
+    ``attention_mask`` (B, L) marks padding, which is neither masked nor counted. Note that
+    LLaDA's SFT recipe pads answers with EOS tokens that *are* noised and trained (that is how the
+    model learns to stop): for that recipe pass the EOS-padded batch with ``attention_mask=None``.
     """
     B, L = input_ids.shape
     device = input_ids.device

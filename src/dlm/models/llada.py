@@ -99,6 +99,9 @@ class LLaDAConfig:
                     f"{source}: field '{key}' = {raw[key]!r} is not supported (dlm implements LLaDA's {want!r})"
                 )
         names = {f.name for f in fields(cls)}
+        for f in fields(cls):
+            if f.name in raw:
+                _check_field(f.name, raw[f.name], str(f.type), source)
         cfg = cls(**{k: v for k, v in raw.items() if k in names})
         if cfg.activation_type not in _ACTIVATIONS:
             raise CheckpointError(
@@ -112,6 +115,32 @@ class LLaDAConfig:
         if cfg.padded_vocab_size < cfg.vocab_size:
             raise CheckpointError(f"{source}: field 'embedding_size' is smaller than vocab_size")
         return cfg
+
+
+_POSITIVE = {"d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio", "vocab_size",
+             "embedding_size", "max_sequence_length", "rope_theta", "rms_norm_eps"}
+
+
+def _check_field(name: str, value: Any, kind: str, source: str) -> None:
+    """Type-check one config field (``kind`` is the dataclass annotation as a string)."""
+    if value is None and "None" in kind:
+        return
+    bad = None
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad = "an integer"
+    elif kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            bad = "a number"
+    elif kind.startswith("bool"):
+        if not isinstance(value, bool):
+            bad = "true or false"
+    elif kind.startswith("str") and not isinstance(value, str):
+        bad = "a string"
+    if bad is None and name in _POSITIVE and value <= 0:
+        bad = "positive"
+    if bad is not None:
+        raise CheckpointError(f"{source}: field '{name}' = {value!r} must be {bad}")
 
 
 class RMSNorm(nn.Module):

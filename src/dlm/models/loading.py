@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dlm.errors import CheckpointError, DLMError
@@ -27,6 +26,12 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def first_line(e: BaseException) -> str:
+    """``TypeName: first line of the message`` (the message may be empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -67,7 +72,7 @@ def read_config(path: Path) -> dict[str, Any]:
     model_type = cfg.get("model_type")
     if model_type is None:
         raise CheckpointError(f"{cfg_file}: field 'model_type' is missing")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise CheckpointError(
             f"{cfg_file}: field 'model_type' = {model_type!r} is not supported "
             f"(supported: {', '.join(sorted(FAMILIES))})"
@@ -85,8 +90,10 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         idx_file = index if index.exists() else bin_index
         try:
             weight_map = json.loads(idx_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{idx_file}: not a valid shard index (needs a 'weight_map' object): {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{idx_file}: not a valid shard index ({first_line(e)})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f for f in weight_map.values()):
+            raise CheckpointError(f"{idx_file}: field 'weight_map' must map tensor names to shard file names")
         files = [path / f for f in dict.fromkeys(weight_map.values())]
         for f in files:
             if not f.exists():
@@ -102,27 +109,33 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     for f in files:
         try:
             part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
-        except (SafetensorError, OSError, RuntimeError, Exception) as e:  # noqa: BLE001 - any corrupt file
-            raise CheckpointError(f"{f}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt file raises SafetensorError, EOFError, pickle errors...
+            raise CheckpointError(f"{f}: cannot read weights ({first_line(e)})") from None
+        if not isinstance(part, dict):
+            raise CheckpointError(f"{f}: does not hold a dictionary of tensors")
         for k, v in part.items():
             tensors[k] = v
             origin[k] = f.name
     return tensors, origin
 
 
-def _remap_diffugpt(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _diffugpt_name(k: str) -> str:
     """DiffuGPT releases name the GPT-2 trunk ``denoise_model.*`` and the embedding ``embed_tokens``."""
+    if k.startswith("denoise_model."):
+        return "transformer." + k[len("denoise_model."):]
+    return "transformer.wte.weight" if k == "embed_tokens.weight" else k
+
+
+def _remap_diffugpt(tensors: dict[str, torch.Tensor], origin: dict[str, str]) -> None:
+    """Rename DiffuGPT tensors in place (and their origins), dropping GPT-2's unused attention buffers."""
     if not any(k.startswith("denoise_model.") for k in tensors):
-        return tensors
-    out = {}
-    for k, v in tensors.items():
-        if k.startswith("denoise_model."):
-            out["transformer." + k[len("denoise_model."):]] = v
-        elif k == "embed_tokens.weight":
-            out["transformer.wte.weight"] = v
-        elif k == "lm_head.weight":
-            out[k] = v
-    return out
+        return
+    for k in list(tensors):
+        new = _diffugpt_name(k)
+        tensor, src = tensors.pop(k), origin.pop(k)
+        if new.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of old GPT-2 exports, not parameters
+        tensors[new], origin[new] = tensor, src
 
 
 def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], origin: dict[str, str], path: Path,
@@ -140,7 +153,7 @@ def load_weights_strict(module: nn.Module, tensors: dict[str, torch.Tensor], ori
         got = tensors[name]
         if tuple(got.shape) != tuple(want.shape):
             raise CheckpointError(
-                f"{path / origin.get(name, '?')}: tensor '{name}' has shape {tuple(got.shape)} but config.json "
+                f"{path / origin[name]}: tensor '{name}' has shape {tuple(got.shape)} but config.json "
                 f"implies {tuple(want.shape)}"
             )
     unexpected = [k for k in tensors if k not in own]
@@ -167,18 +180,35 @@ def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin, dtype: to
 
     try:
         hf_cfg = transformers.AutoConfig.for_model(**cfg)
-        net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa")
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this config ({e})") from None
-    tensors = _remap_diffugpt(tensors)
+        with _no_init():  # the weights are overwritten anyway
+            net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=dtype)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this config ({first_line(e)})") from None
+    _remap_diffugpt(tensors, origin)
     tied = bool(getattr(net.config, "tie_word_embeddings", False))
     optional = {k for k in net.state_dict() if k not in dict(net.named_parameters())}  # non-persistent buffers
     if tied:
         optional.add("lm_head.weight")
+        if any(k.endswith("embed_tokens.weight") or k.endswith("wte.weight") for k in tensors):
+            tensors.pop("lm_head.weight", None)  # tied: the input embedding is the head (as from_pretrained does)
     load_weights_strict(net, tensors, origin, path, optional=optional)
     if tied:
         net.tie_weights()
     return net
+
+
+def _no_init():
+    """Skip random initialisation while building a model whose weights are loaded next."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older layout
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            import contextlib
+
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _load_tokenizer(path: Path) -> Any:
@@ -187,10 +217,11 @@ def _load_tokenizer(path: Path) -> Any:
     import transformers
 
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # trust_remote_code=False: never run a checkpoint's own Python code, and never ask about it
+        # (real LLaDA configs carry an auto_map that would otherwise trigger an interactive prompt).
+        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for broken tokenizer files
-        raise CheckpointError(f"{path}: tokenizer files are present but cannot be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(f"{path}: tokenizer files are present but cannot be loaded ({first_line(e)})") from None
 
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",

@@ -18,6 +18,7 @@ history and the random generator, so every sampler is batch-native with per-row 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -161,8 +162,9 @@ def parse_options(cls: type, name: str, options: dict[str, Any]):
             continue
         if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
             raise DLMError(f"sampler '{name}': option {key!r} must be an integer, got {value!r}")
-        if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise DLMError(f"sampler '{name}': option {key!r} must be a number, got {value!r}")
+        if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                         or not math.isfinite(value)):
+            raise DLMError(f"sampler '{name}': option {key!r} must be a finite number, got {value!r}")
         if kind.startswith("bool") and not isinstance(value, bool):
             raise DLMError(f"sampler '{name}': option {key!r} must be true or false, got {value!r}")
         if kind.startswith("str") and not isinstance(value, str):
