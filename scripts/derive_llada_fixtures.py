@@ -195,7 +195,8 @@ def main():
     for i, s in enumerate(singles):
         pad_ids[i, 8 - len(s):] = s
         pad_am[i, 8 - len(s):] = 1
-    bp = prompts(20, 2, 6, 126000)
+    bp = prompts(21, 2, 6, 126000)
+    bp2 = prompts(20, 2, 6, 126000)
 
     def ones(p):
         return torch.ones_like(p)
@@ -227,13 +228,16 @@ def main():
         ("cfg2.0_ones_mask_semi_ar", T, p2, ones(p2), dict(cfg_scale=2.0, gen_length=16, block_length=8, steps=8), 0),
         ("cfg1.0_padded_mask", T, pad_ids, pad_am, dict(cfg_scale=1.0, gen_length=16, block_length=8, steps=8), 0),
         ("cfg1.5_temp0.7_ones_mask", T, p2, ones(p2), dict(cfg_scale=1.5, temperature=0.7), 5),
-        ("big_t0_baseline", B, bp, None, dict(gen_length=16, block_length=16, steps=16), 0),
-        ("big_t0_logits_eos_inf", B, bp, None, dict(logits_eos_inf=True), 0),
-        ("big_t0_confidence_eos_eot_inf", B, bp, None, dict(confidence_eos_eot_inf=True), 0),
-        ("big_t0_both_eos_options", B, bp, None, dict(logits_eos_inf=True, confidence_eos_eot_inf=True), 0),
-        ("big_temp0.8_baseline", B, bp, None, dict(temperature=0.8), 11),
-        ("big_temp0.8_confidence_eos_eot_inf", B, bp, None, dict(temperature=0.8, confidence_eos_eot_inf=True), 11),
-        ("big_temp0.8_logits_eos_inf_semi_ar", B, bp, None, dict(temperature=0.8, logits_eos_inf=True, gen_length=16, block_length=8, steps=8), 12),
+        ("big_t0_baseline", B, bp, None, dict(gen_length=16, block_length=8, steps=8), 0),
+        ("big_t0_logits_eos_inf", B, bp, None, dict(logits_eos_inf=True, gen_length=16, block_length=8, steps=8), 0),
+        ("big_t0_confidence_eos_eot_inf", B, bp, None, dict(confidence_eos_eot_inf=True, gen_length=16, block_length=8, steps=8), 0),
+        ("big_t0_both_eos_options", B, bp, None, dict(logits_eos_inf=True, confidence_eos_eot_inf=True, gen_length=16, block_length=8, steps=8), 0),
+        ("big_temp0.8_baseline", B, bp, None, dict(temperature=0.8, gen_length=16, block_length=8, steps=8), 11),
+        ("big_temp0.8_confidence_eos_eot_inf", B, bp, None, dict(temperature=0.8, confidence_eos_eot_inf=True, gen_length=16, block_length=8, steps=8), 11),
+        ("big_temp0.8_logits_eos_inf", B, bp, None, dict(temperature=0.8, logits_eos_inf=True, gen_length=16, block_length=8, steps=8), 11),
+        ("big_t0_single_block_baseline", B, bp2, None, {}, 0),
+        ("big_t0_single_block_both_eos_options", B, bp2, None, dict(logits_eos_inf=True, confidence_eos_eot_inf=True), 0),
+        ("big_temp0.8_single_block_confidence_eos_eot_inf", B, bp2, None, dict(temperature=0.8, confidence_eos_eot_inf=True), 12),
     ]
 
     class TorchProbe:
