@@ -41,6 +41,12 @@ def test_matches_naive_loop(tiny_llada, kw):
     assert not (ours == 63).any()
 
 
+def test_window_logits_off_gives_the_same_tokens(tiny_llada):
+    ids = prompts()
+    kw = dict(steps=8, gen_length=16, block_length=8)
+    assert torch.equal(dlm.generate(tiny_llada, ids, **kw), dlm.generate(tiny_llada, ids, window_logits=False, **kw))
+
+
 def test_every_masked_position_is_filled_and_prompt_kept(tiny_llada):
     ids = prompts()
     out = dlm.generate(tiny_llada, ids, steps=8, gen_length=16, block_length=8)

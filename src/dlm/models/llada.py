@@ -258,10 +258,15 @@ class LLaDAModelLM(nn.Module):
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _rope(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache = {key: rope_tables(seq_len, self.config.head_dim, self.config.rope_theta, device)}
-        return self._rope_cache[key]
+        """sin/cos (1, 1, seq_len, head_dim). Like the reference, the table is computed once on the
+        CPU for max(max_sequence_length, seq_len) positions and sliced, so values match it on any device."""
+        key = str(device)
+        cached = self._rope_cache.get(key)
+        if cached is None or cached[0].shape[2] < seq_len:
+            n = max(self.config.max_sequence_length, seq_len)
+            sin, cos = rope_tables(n, self.config.head_dim, self.config.rope_theta, torch.device("cpu"))
+            cached = self._rope_cache[key] = (sin.to(device), cos.to(device))
+        return cached[0][:, :, :seq_len], cached[1][:, :, :seq_len]
 
     def forward(
         self,

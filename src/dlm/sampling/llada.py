@@ -52,6 +52,7 @@ class LLaDAOptions:
     mask_id: int | None = None  # default: the model's mask token
     logits_eos_inf: bool = False  # EOS logits = -inf: EOS is never predicted
     confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get zero confidence (see below)
+    window_logits: bool = True  # head + softmax only where tokens can be committed; False = full, as the reference
 
 
 class LLaDASampler(Sampler):
@@ -99,6 +100,10 @@ class LLaDASampler(Sampler):
 
     def logits_from(self, state: DenoiseState, block: Block) -> int:
         # Only masked positions before the block end can be committed; skip the head elsewhere.
+        # (On CPU the sliced head is bit-identical; on GPUs a differently shaped matmul may round
+        # differently, so window_logits=False reproduces the reference's full computation.)
+        if not self.opts.window_logits:
+            return 0
         masked = state.mask_index[:, :block.end].any(dim=0).nonzero()
         return int(masked[0]) if len(masked) else block.start
 
