@@ -23,6 +23,7 @@ def test_generate_default_model_json(capsys):
     rec = json.loads(out)
     assert rec["model"] == "default" and rec["nfe"] == 4 and rec["sampler"] == "llada"
     assert rec["options"]["gen_length"] == 8 and rec["seed"] == 0 and rec["seconds"] >= 0
+    assert rec["versions"]["torch"] and rec["device"] == "cpu" and rec["dtype"] == "torch.float32"
     (r,) = rec["results"]
     assert len(r["ids"]) == 8 and isinstance(r["text"], str)
 

@@ -48,7 +48,7 @@ def _denoise_logits(model, batch: torch.Tensor, prompt_length: int, cfg_scale: f
 
 @torch.no_grad()
 def loglikelihood(model, prompt, answer, *, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
-                  mask_id: int | None = None, seed: int | None = None) -> float:
+                  mask_id: int | None = None, seed: int | None = None, progress: bool = False) -> float:
     """Monte Carlo ELBO estimate of log p(answer | prompt) in nats (higher is more likely).
 
     prompt (P,) and answer (A,) are 1-D token ids (lists or tensors). ``mc_num`` must be a multiple
@@ -76,8 +76,13 @@ def loglikelihood(model, prompt, answer, *, mc_num: int = 128, batch_size: int =
     was_training = model.training
     model.eval()
     losses = []
+    rounds = range(mc_num // batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc="dlm loglikelihood", unit="batch", leave=False)
     try:
-        for _ in range(mc_num // batch_size):
+        for _ in rounds:
             noisy, p_mask = stratified_mask(seq, prompt.numel(), mask_id, generator)
             masked = noisy == mask_id
             logits = _denoise_logits(model, noisy, prompt.numel(), cfg_scale, mask_id)
