@@ -2,7 +2,7 @@
 
 Fixtures in tests/fixtures/llada/ were produced by running LLaDA's own ``modeling_llada.py``,
 ``generate.py`` and ``get_log_likelihood.py`` (see that folder's README); dlm must reproduce the
-logits to 1e-4 and the generated tokens exactly, with the same random stream.
+logits to 1e-5 (the issue asks for 1e-4) and the generated tokens exactly, with the same random stream.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def test_tiny_logits_match_reference(checkpoints, padded):
     ids = EXPECTED[f"{key}.input_ids"]
     am = EXPECTED["tiny.padded.attention_mask"] if padded else None
     logits = model(ids, attention_mask=am).logits
-    torch.testing.assert_close(logits, EXPECTED[f"{key}.logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, EXPECTED[f"{key}.logits"], atol=1e-5, rtol=1e-5)
     if padded:  # the same padded ids without a mask: the reference then attends to pads
-        torch.testing.assert_close(model(ids).logits, EXPECTED["tiny.padded.logits_no_mask"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(ids).logits, EXPECTED["tiny.padded.logits_no_mask"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -61,8 +61,8 @@ def test_big_vocab_logits_match_reference(checkpoints, padded):
     logits = model(ids, attention_mask=am).logits
     for name, sl in (("0:512", slice(0, 512)), ("126070:126091", slice(126070, 126091)),
                      ("126336:126351", slice(126336, 126351))):
-        torch.testing.assert_close(logits[..., sl], EXPECTED[f"{key}.logits[{name}]"], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(logits.logsumexp(-1), EXPECTED[f"{key}.logsumexp"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits[..., sl], EXPECTED[f"{key}.logits[{name}]"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits.logsumexp(-1), EXPECTED[f"{key}.logsumexp"], atol=1e-5, rtol=1e-5)
     assert torch.equal(logits.argmax(-1), EXPECTED[f"{key}.argmax"])
 
 
