@@ -127,6 +127,13 @@ def test_invalid_settings_are_rejected(tiny_llada, kw, message):
         dlm.generate(tiny_llada, prompts(), **kw)
 
 
+def test_numpy_scalars_are_accepted(tiny_llada):
+    import numpy as np
+
+    a = dlm.generate(tiny_llada, prompts(), steps=np.int64(4), gen_length=np.int32(8), temperature=np.float32(0))
+    assert torch.equal(a, dlm.generate(tiny_llada, prompts(), steps=4, gen_length=8))
+
+
 def test_invalid_inputs_are_rejected(tiny_llada):
     with pytest.raises(dlm.DLMError, match="unknown sampler"):
         dlm.generate(tiny_llada, prompts(), sampler="nope")

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy
 import torch
 
 from dlm.errors import DLMError
@@ -150,6 +152,7 @@ class Sampler:
 
 def parse_options(cls: type, name: str, options: dict[str, Any]):
     """Build a sampler's Options dataclass, rejecting unknown names and wrong types."""
+    options = dict(options)
     valid = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -160,13 +163,18 @@ def parse_options(cls: type, name: str, options: dict[str, Any]):
             if "None" not in kind:
                 raise DLMError(f"sampler '{name}': option {key!r} must be set, got None")
             continue
-        if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise DLMError(f"sampler '{name}': option {key!r} must be an integer, got {value!r}")
-        if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                         or not math.isfinite(value)):
-            raise DLMError(f"sampler '{name}': option {key!r} must be a finite number, got {value!r}")
-        if kind.startswith("bool") and not isinstance(value, bool):
-            raise DLMError(f"sampler '{name}': option {key!r} must be true or false, got {value!r}")
+        if kind.startswith("int"):
+            if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+                raise DLMError(f"sampler '{name}': option {key!r} must be an integer, got {value!r}")
+            options[key] = int(value)
+        if kind.startswith("float"):
+            if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise DLMError(f"sampler '{name}': option {key!r} must be a finite number, got {value!r}")
+            options[key] = float(value)
+        if kind.startswith("bool"):
+            if not isinstance(value, (bool, numpy.bool_)):
+                raise DLMError(f"sampler '{name}': option {key!r} must be true or false, got {value!r}")
+            options[key] = bool(value)
         if kind.startswith("str") and not isinstance(value, str):
             raise DLMError(f"sampler '{name}': option {key!r} must be a string, got {value!r}")
     return cls(**options)
