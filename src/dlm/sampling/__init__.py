@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, parse_options, timed
+from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, parse_options
 from dlm.sampling.llada import LLaDASampler
 
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler,)}
@@ -106,14 +107,14 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str = "llada", r
                          generator=generator, keep_history=output_history, progress=bar)
     was_training = model.training
     model.eval()
-    start = timed()
+    start = time.perf_counter()
     try:
         smp.run(state)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
-    seconds = timed() - start
+    seconds = time.perf_counter() - start
     if not return_dict and not output_history:
         return state.x
     return GenerationOutput(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -179,6 +178,3 @@ def parse_options(cls: type, name: str, options: dict[str, Any]):
             raise DLMError(f"sampler '{name}': option {key!r} must be a string, got {value!r}")
     return cls(**options)
 
-
-def timed() -> float:
-    return time.perf_counter()
