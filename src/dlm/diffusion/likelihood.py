@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dlm.diffusion.guidance import guided_logits
 from dlm.errors import DLMError
 
 
@@ -40,9 +41,7 @@ def _denoise_logits(model, batch: torch.Tensor, prompt_length: int, cfg_scale: f
     if cfg_scale > 0.0:
         un_batch = batch.clone()
         un_batch[:, :prompt_length] = mask_id
-        logits = model(torch.cat([batch, un_batch])).logits
-        cond, uncond = torch.chunk(logits, 2, dim=0)
-        return uncond + (cfg_scale + 1) * (cond - uncond)
+        return guided_logits(model, batch, un_batch, cfg_scale)
     return model(batch).logits
 
 
@@ -63,9 +62,7 @@ def loglikelihood(model, prompt, answer, *, mc_num: int = 128, batch_size: int =
     if cfg_scale < 0:
         raise DLMError(f"cfg_scale must be >= 0, got {cfg_scale}")
     facts = model.facts
-    mask_id = facts.mask_id if mask_id is None else mask_id
-    if mask_id is None:
-        raise DLMError("this model has no mask token id; pass mask_id=")
+    mask_id = facts.resolve_mask_id(mask_id)
     if facts.shifted and prompt.numel() == 0:
         raise DLMError("this model is shifted (AR-adapted): the prompt needs at least one token (e.g. BOS)")
     device = model.device

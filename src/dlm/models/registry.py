@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlm.errors import DLMError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -52,6 +54,16 @@ class ModelFacts:
     pad_id: int | None = None
     max_positions: int | None = None  # hard length limit (learned absolute positions), None = none
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_mask_id(self, override: int | None = None) -> int:
+        """``override`` if given, else the checkpoint's mask id; checked against the vocabulary."""
+        mask_id = self.mask_id if override is None else override
+        if mask_id is None:
+            raise DLMError("this model has no mask token id (config.json mask_token_id or tokenizer.mask_token); "
+                           "pass mask_id=")
+        if not 0 <= mask_id < self.vocab_size:
+            raise DLMError(f"mask_id {mask_id} is outside the vocabulary [0, {self.vocab_size})")
+        return mask_id
 
     @property
     def stop_ids(self) -> tuple[int, ...]:

@@ -76,16 +76,9 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str = "llada", r
     cls = _sampler_class(sampler)
     opts = parse_options(cls.Options, sampler, options)
     smp = cls(opts)
-    mask_id = getattr(opts, "mask_id", None)
-    if mask_id is None:
-        mask_id = model.facts.mask_id
-        if mask_id is None:
-            raise DLMError("this model has no mask token id (config.json mask_token_id or tokenizer.mask_token); "
-                           "pass mask_id=")
-        if hasattr(opts, "mask_id"):
-            opts.mask_id = mask_id
-    if not 0 <= mask_id < model.facts.vocab_size:
-        raise DLMError(f"mask_id {mask_id} is outside the vocabulary [0, {model.facts.vocab_size})")
+    mask_id = model.facts.resolve_mask_id(getattr(opts, "mask_id", None))
+    if hasattr(opts, "mask_id"):
+        opts.mask_id = mask_id  # recorded in GenerationOutput.options
     smp.validate(model)
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask, mask_id)
     B, P = input_ids.shape

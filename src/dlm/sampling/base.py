@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy
 import torch
 
+from dlm.diffusion.guidance import guided_logits
 from dlm.errors import DLMError
 
 
@@ -78,17 +79,13 @@ class DenoiseState:
 
     def denoise(self, logits_from: int = 0) -> torch.Tensor:
         """Logits (B, L - logits_from, V) of the current canvas; unsupervised CFG when cfg_scale > 0."""
-        model, x, am = self.model, self.x, self.attention_mask
         if self.cfg_scale > 0.0:
-            un_x = x.clone()
+            un_x = self.x.clone()
             un_x[self.prompt_index] = self.mask_id
-            both = model(torch.cat([x, un_x]), attention_mask=None if am is None else torch.cat([am, am]),
-                         logits_from=logits_from).logits
-            cond, uncond = torch.chunk(both, 2, dim=0)
             self.nfe += 2
-            return uncond + (self.cfg_scale + 1) * (cond - uncond)
+            return guided_logits(self.model, self.x, un_x, self.cfg_scale, self.attention_mask, logits_from)
         self.nfe += 1
-        return model(x, attention_mask=am, logits_from=logits_from).logits
+        return self.model(self.x, attention_mask=self.attention_mask, logits_from=logits_from).logits
 
     def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.rand(*shape, dtype=dtype, device=self.x.device, generator=self.generator)
