@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from dlm.errors import DLMError
+from dlm.errors import DLMError, first_line
 
 EXIT_USAGE = 2
 
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if os.environ.get("DLM_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"dlm: internal error: {type(e).__name__}: {msg} (set DLM_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"dlm: internal error: {first_line(e)} (set DLM_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
 
 

@@ -11,3 +11,9 @@ class DLMError(ValueError):
 
 class CheckpointError(DLMError):
     """A checkpoint directory that cannot be loaded (missing file, bad or unsupported field)."""
+
+
+def first_line(e: BaseException) -> str:
+    """``TypeName: first line of the message`` (the message may be empty)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

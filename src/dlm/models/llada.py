@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dlm.errors import CheckpointError
+from dlm.validation import type_problem
 
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
@@ -125,18 +126,7 @@ def _check_field(name: str, value: Any, kind: str, source: str) -> None:
     """Type-check one config field (``kind`` is the dataclass annotation as a string)."""
     if value is None and "None" in kind:
         return
-    bad = None
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            bad = "an integer"
-    elif kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            bad = "a number"
-    elif kind.startswith("bool"):
-        if not isinstance(value, bool):
-            bad = "true or false"
-    elif kind.startswith("str") and not isinstance(value, str):
-        bad = "a string"
+    bad = type_problem(value, kind)
     if bad is None and name in _POSITIVE and value <= 0:
         bad = "positive"
     if bad is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from dlm.errors import CheckpointError, DLMError
+from dlm.errors import CheckpointError, DLMError, first_line
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.registry import FAMILIES, resolve_facts
@@ -26,12 +26,6 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-
-
-def first_line(e: BaseException) -> str:
-    """``TypeName: first line of the message`` (the message may be empty)."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

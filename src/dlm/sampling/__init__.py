@@ -56,8 +56,9 @@ def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch
             raise DLMError(f"padding positions hold the mask token {mask_id}; pad with another id (e.g. EOS)")
         attention_mask = attention_mask.to(device=model.device, dtype=torch.long)
     if model.facts.shifted and input_ids.shape[1]:
-        first_real = (attention_mask == 0).sum(1).cpu() if attention_mask is not None else torch.zeros(len(input_ids))
-        firsts = input_ids.gather(1, first_real.long().clamp_max(input_ids.shape[1] - 1)[:, None].to(input_ids.device))
+        first_real = ((attention_mask.to(input_ids.device) == 0).sum(1) if attention_mask is not None
+                      else torch.zeros(len(input_ids), dtype=torch.long, device=input_ids.device))  # (B,)
+        firsts = input_ids.gather(1, first_real.clamp_max(input_ids.shape[1] - 1)[:, None])  # (B, 1)
         if bool((firsts == mask_id).any()):
             raise DLMError("this model is shifted (AR-adapted): the first prompt token has no prediction of its own "
                            "and must not be the mask token")

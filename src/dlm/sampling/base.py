@@ -18,16 +18,14 @@ history and the random generator, so every sampler is batch-native with per-row 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy
 import torch
 
 from dlm.diffusion.guidance import guided_logits
 from dlm.errors import DLMError
+from dlm.validation import type_problem
 
 
 @dataclass
@@ -159,19 +157,11 @@ def parse_options(cls: type, name: str, options: dict[str, Any]):
             if "None" not in kind:
                 raise DLMError(f"sampler '{name}': option {key!r} must be set, got None")
             continue
-        if kind.startswith("int"):
-            if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
-                raise DLMError(f"sampler '{name}': option {key!r} must be an integer, got {value!r}")
-            options[key] = int(value)
-        if kind.startswith("float"):
-            if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise DLMError(f"sampler '{name}': option {key!r} must be a finite number, got {value!r}")
-            options[key] = float(value)
-        if kind.startswith("bool"):
-            if not isinstance(value, (bool, numpy.bool_)):
-                raise DLMError(f"sampler '{name}': option {key!r} must be true or false, got {value!r}")
-            options[key] = bool(value)
-        if kind.startswith("str") and not isinstance(value, str):
-            raise DLMError(f"sampler '{name}': option {key!r} must be a string, got {value!r}")
+        problem = type_problem(value, kind)
+        if problem is not None:
+            raise DLMError(f"sampler '{name}': option {key!r} must be {problem}, got {value!r}")
+        for prefix, cast in (("int", int), ("float", float), ("bool", bool)):  # numpy scalars -> Python
+            if kind.startswith(prefix):
+                options[key] = cast(value)
     return cls(**options)
 
