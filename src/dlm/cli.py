@@ -1,4 +1,4 @@
-"""The ``dlm`` command line: ``dlm generate``, ``dlm info``.
+"""The ``dlm`` command line: ``dlm generate``, ``dlm info``, ``dlm train``, ``dlm data``.
 
 Errors are one line on stderr (``dlm: error: ...``) with exit status 2; nothing prints a
 traceback at the user unless ``DLM_DEBUG=1`` is set.
@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the embedded default)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
+
+    from dlm.data.cli import add_parser as add_data
+    from dlm.train.cli import add_parser as add_train
+
+    add_train(sub)
+    add_data(sub)
     return p
 
 

@@ -26,7 +26,9 @@ class DiffusionLoss:
 
 def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, prompt_lengths: torch.Tensor | None = None,
                           attention_mask: torch.Tensor | None = None, eps: float = EPS,
-                          generator: torch.Generator | None = None) -> DiffusionLoss:
+                          generator: torch.Generator | None = None, shifted: bool | None = None,
+                          attention_bias: torch.Tensor | None = None,
+                          normalize: str = "tokens") -> DiffusionLoss:
     """One Monte Carlo sample of the masked-diffusion ELBO loss for a batch.
 
     input_ids (B, L). ``prompt_lengths`` (B,) switches to the SFT objective: positions before each
@@ -34,7 +36,14 @@ def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, promp
     ``attention_mask`` (B, L) marks padding, which is neither masked nor counted. Note that
     LLaDA's SFT recipe pads answers with EOS tokens that *are* noised and trained (that is how the
     model learns to stop): for that recipe pass the EOS-padded batch with ``attention_mask=None``.
+
+    ``shifted`` (default: ``model.facts.shifted``; pass it when ``model`` is wrapped, e.g. by DDP)
+    keeps position 0 unmasked. ``attention_bias`` (1 or B, 1, L, L) is added to the attention
+    scores (the annealed mask of AR adaptation). ``normalize="masked"`` divides the pretraining
+    loss by the number of masked tokens instead of B * L, as DiffuGPT/DiffuLLaMA do.
     """
+    if normalize not in ("tokens", "masked"):
+        raise ValueError(f"normalize must be 'tokens' or 'masked', got {normalize!r}")
     B, L = input_ids.shape
     device = input_ids.device
     t = sample_t(B, eps, device, generator)  # (B,)
@@ -44,14 +53,19 @@ def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, promp
         maskable &= pos >= prompt_lengths.to(device)[:, None]
     if attention_mask is not None:
         maskable &= attention_mask.bool()
-    facts = getattr(model, "facts", None)
-    if facts is not None and facts.shifted:
+    if shifted is None:
+        facts = getattr(model, "facts", None)
+        shifted = facts is not None and facts.shifted
+    if shifted:
         maskable[:, 0] = False  # a shifted model has no prediction for position 0
     noisy, masked = mask_tokens(input_ids, mask_id, t, maskable, generator)
-    logits = model(noisy, attention_mask=attention_mask).logits  # (B, L, V)
+    kwargs = {"attention_bias": attention_bias} if attention_bias is not None else {}
+    logits = model(noisy, attention_mask=attention_mask, **kwargs).logits  # (B, L, V)
     ce = F.cross_entropy(logits[masked].float(), input_ids[masked], reduction="none")  # (M,)
     weighted = ce / t[:, None].expand(B, L)[masked]
-    if prompt_lengths is None:
+    if prompt_lengths is None and normalize == "masked":
+        loss = weighted.sum() / masked.sum().clamp_min(1)
+    elif prompt_lengths is None:
         denom = attention_mask.sum() if attention_mask is not None else torch.tensor(B * L, device=device)
         loss = weighted.sum() / denom.clamp_min(1)
     else:

@@ -241,12 +241,14 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     return model.to(device=dev, dtype=torch_dtype).eval()
 
 
-def save_pretrained(model: DiffusionLM, out_dir: str | Path, max_shard_bytes: int | None = None) -> Path:
-    """Write ``config.json``, safetensors weights (sharded above ``max_shard_bytes``) and the tokenizer."""
+def save_pretrained(model: DiffusionLM, out_dir: str | Path, max_shard_bytes: int | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json``, safetensors weights (sharded above ``max_shard_bytes``, cast to
+    ``dtype`` when given) and the tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(model.config, indent=2, sort_keys=True) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.net.state_dict().items()}
     if not model.is_llada and getattr(model.net.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     shards: list[dict[str, torch.Tensor]] = [{}]

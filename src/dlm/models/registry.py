@@ -53,6 +53,7 @@ class ModelFacts:
     bos_id: int | None = None
     pad_id: int | None = None
     max_positions: int | None = None  # hard length limit (learned absolute positions), None = none
+    causal: bool = False  # a plain causal LM (config ``dlm_objective: causal``): only the ``ar`` sampler applies
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolve_mask_id(self, override: int | None = None) -> int:
@@ -120,4 +121,5 @@ def resolve_facts(model_type: str, config: dict[str, Any], vocab_size: int, toke
         pad_id=in_vocab(pick("pad_token_id", "pad_token_id", fam.pad_id)),
         # GPT-2 has learned absolute position embeddings: longer inputs cannot run. RoPE models can.
         max_positions=config.get("n_positions") if model_type == "gpt2" else None,
+        causal=config.get("dlm_objective") == "causal",
     )

@@ -1,0 +1,102 @@
+"""Models to train: a fresh LLaMA-style causal LM or LLaDA of a given size, or a saved checkpoint.
+
+``tiny-ar`` (``arch="llama"``) and ``tiny-mdm`` (``arch="llada"``) built with the same
+:class:`ModelSize` have the same parameter count: both are pre-norm RMSNorm / SwiGLU / RoPE
+transformers with tied input and output embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlm.errors import DLMError
+from dlm.models.diffusion_lm import DiffusionLM
+from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.registry import resolve_facts
+
+ARCHS = ("llama", "llada")
+
+
+@dataclass
+class ModelSize:
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    mlp_hidden: int = 768
+    max_positions: int = 1024
+    rope_theta: float = 10000.0
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id, "mask_token_id": tokenizer.mask_token_id}
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise DLMError(f"the tokenizer lacks special tokens needed for training: {', '.join(missing)}")
+    if "<|eot|>" in tokenizer.get_vocab():
+        ids["eot_token_id"] = tokenizer.convert_tokens_to_ids("<|eot|>")
+    return ids
+
+
+def new_model(arch: str, size: ModelSize, tokenizer, seed: int = 0, objective: str = "mdm") -> DiffusionLM:
+    """A randomly initialised model (std 0.02) with ``tokenizer``'s vocabulary and special ids."""
+    if arch not in ARCHS:
+        raise DLMError(f"unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
+    if size.d_model % size.n_heads:
+        raise DLMError(f"d_model {size.d_model} is not divisible by n_heads {size.n_heads}")
+    vocab = len(tokenizer)
+    ids = special_ids(tokenizer)
+    torch.manual_seed(seed)
+    if arch == "llada":
+        from dlm.models.default import tiny_llada_config
+
+        cfg = tiny_llada_config(vocab, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
+                                n_kv_heads=size.n_heads, mlp_hidden_size=size.mlp_hidden, weight_tying=True,
+                                max_sequence_length=size.max_positions, rope_theta=size.rope_theta, **ids)
+        net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
+        net.init_weights(std=0.02, generator=torch.Generator().manual_seed(seed))
+        model_type = "llada"
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf = LlamaConfig(vocab_size=vocab, hidden_size=size.d_model, intermediate_size=size.mlp_hidden,
+                         num_hidden_layers=size.n_layers, num_attention_heads=size.n_heads,
+                         num_key_value_heads=size.n_heads, max_position_embeddings=size.max_positions,
+                         rope_theta=size.rope_theta, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         initializer_range=0.02, **{k: v for k, v in ids.items() if k != "eot_token_id"})
+        net = LlamaForCausalLM._from_config(hf, attn_implementation="sdpa")
+        cfg = hf.to_dict()
+        cfg.update(ids)
+        model_type = "llama"
+    cfg["dlm_objective"] = "causal" if objective == "causal" else "diffusion"
+    vocab_rows = net.config.padded_vocab_size if arch == "llada" else vocab
+    facts = resolve_facts(model_type, cfg, vocab_rows, tokenizer)
+    return DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=None)
+
+
+def load_for_training(path: str | Path, objective: str) -> DiffusionLM:
+    """A saved model to continue training with ``objective`` (fp32). A causal LM trained further
+    with a diffusion objective becomes a shifted diffusion model (AR -> diffusion adaptation)."""
+    from dlm.models.loading import load
+
+    model = load(path, dtype="float32")
+    model.train()
+    if objective != "causal" and model.facts.causal:
+        if model.is_llada:
+            raise DLMError("a LLaDA model cannot be a causal LM")
+        cfg = dict(model.config)
+        cfg["dlm_objective"] = "diffusion"
+        tok = model.tokenizer
+        if cfg.get("mask_token_id") is None and tok is not None and tok.mask_token_id is not None:
+            cfg["mask_token_id"] = tok.mask_token_id
+        vocab = model.net.get_output_embeddings().weight.shape[0]
+        model = DiffusionLM(model.net, resolve_facts(cfg["model_type"], cfg, vocab, tok), cfg, tokenizer=tok,
+                            path=model.path)
+    elif objective == "causal" and not model.facts.causal:
+        raise DLMError(f"{path} is a diffusion model; the causal objective needs a causal LM (dlm_objective: causal)")
+    if objective != "causal" and model.facts.mask_id is None:
+        raise DLMError(f"{path} has no mask token; add one to its tokenizer/config before diffusion training")
+    return model
