@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")
-    g.add_argument("--sampler", default="llada", choices=sorted(SAMPLERS), help="sampler (default: llada)")
-    g.add_argument("--gen-length", type=int, help="tokens to generate (default 128)")
+    g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
+                   help="sampler (default: ar for causal LMs, llada for diffusion models)")
+    g.add_argument("--gen-length", type=int, help="tokens to generate (default: the model's answer length, else 128)")
     g.add_argument("--steps", type=int, help="denoising steps (default: gen-length)")
     g.add_argument("--block-length", type=int, help="semi-autoregressive block length (default: gen-length)")
     g.add_argument("--temperature", type=float, help="sampling temperature (default 0 = greedy)")

@@ -10,9 +10,10 @@ import torch
 
 from dlm.errors import DLMError
 from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, parse_options
+from dlm.sampling.autoregressive import ARSampler
 from dlm.sampling.llada import LLaDASampler
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler,)}
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, ARSampler)}
 
 
 def sampler_options(name: str) -> dict[str, object]:
@@ -65,16 +66,32 @@ def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch
     return input_ids.to(model.device), attention_mask
 
 
+def model_generation_defaults(model, cls: type[Sampler]) -> dict[str, object]:
+    """Option defaults a checkpoint declares (config.json ``dlm_generation``, e.g. the answer
+    length it was fine-tuned on) that ``cls`` accepts; explicit options override them."""
+    defaults = (getattr(model, "config", None) or {}).get("dlm_generation") or {}
+    names = {f.name for f in dataclasses.fields(cls.Options)}
+    return {k: v for k, v in defaults.items() if k in names}
+
+
 @torch.no_grad()
-def generate(model, input_ids, attention_mask=None, *, sampler: str = "llada", return_dict: bool = False,
+def generate(model, input_ids, attention_mask=None, *, sampler: str | None = None, return_dict: bool = False,
              output_history: bool = False, progress: bool = False, seed: int | None = None, **options):
     """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
 
     Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history)
     with ``return_dict=True``. ``seed`` makes the run reproducible with its own generator; without
     it the global torch RNG is used (``torch.manual_seed`` before the call reproduces it).
+    ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for diffusion models.
     """
+    if sampler is None:
+        sampler = "ar" if model.facts.causal else "llada"
     cls = _sampler_class(sampler)
+    if model.facts.causal and not cls.for_causal_models:
+        raise DLMError(f"{model.path or 'this model'} is a causal (autoregressive) LM; decode it with sampler='ar'")
+    if cls.for_causal_models and not model.facts.causal:
+        raise DLMError(f"sampler {sampler!r} decodes causal LMs only; {model.path or 'this model'} is a diffusion model")
+    options = {**model_generation_defaults(model, cls), **options}
     opts = parse_options(cls.Options, sampler, options)
     smp = cls(opts)
     mask_id = model.facts.resolve_mask_id(getattr(opts, "mask_id", None))

@@ -100,6 +100,7 @@ class Sampler:
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    for_causal_models: ClassVar[bool] = False  # True: decodes causal LMs (dlm_objective: causal) only
 
     def __init__(self, options):
         self.opts = options

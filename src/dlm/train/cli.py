@@ -71,6 +71,8 @@ def cmd_train(args) -> int:
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed,
         save_dtype=args.save_dtype, name=args.name, progress=args.progress)
     result = Trainer(cfg).train()
+    if not result["main_process"]:
+        return 0
     last = next((e for e in reversed(result["log"]) if "val_loss" in e), {})
     print(json.dumps({"out": args.out, "finished": result["finished"], "step": result["step"],
                       "tokens": result["tokens"], "seconds": round(result["seconds"], 1),

@@ -98,7 +98,10 @@ class Trainer:
 
         cfg.validate()
         self.cfg = cfg
-        self.acc = Accelerator()
+        # With no GPU, run on CPU explicitly: under torchrun (`accelerate launch --multi_gpu`) this
+        # makes accelerate use gloo across processes instead of treating each as a lone run.
+        has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        self.acc = Accelerator(cpu=not has_gpu)
         self.out = Path(cfg.out)
         self.ckpt = self.out / "checkpoint"
         if cfg.init is not None:
@@ -258,9 +261,9 @@ class Trainer:
         if stopped_by_budget:
             self.acc.print(f"dlm train: --max-minutes {cfg.max_minutes} reached at step {step}/{cfg.max_steps}; "
                            f"checkpoint in {self.ckpt}. Run the same command again to continue.")
-            return {"finished": False, **self.state}
+            return {"finished": False, "main_process": self.acc.is_main_process, **self.state}
         self._finish()
-        return {"finished": True, **self.state}
+        return {"finished": True, "main_process": self.acc.is_main_process, **self.state}
 
     def _finish(self) -> None:
         from dlm.train.model_card import write_model_card

@@ -1,0 +1,71 @@
+"""Autoregressive decoding for causal LMs (``tiny-ar``): one token per forward pass, KV cache.
+
+It runs on the same canvas as the diffusion samplers - ``[prompt | mask * gen_length]``, filled
+left to right - so NFE, per-step history and padded batches mean the same thing: NFE is the
+number of forward passes (one per generated token; the prompt is prefilled in the first pass)
+and each history frame is the canvas after one more token. Rows that emitted a stop token are
+filled with EOS; when every row has stopped the loop ends early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dlm.sampling.base import DenoiseState, Sampler
+from dlm.sampling.llada import gumbel_argmax
+
+
+@dataclass
+class AROptions:
+    gen_length: int = 128
+    temperature: float = 0.0  # 0 = greedy; > 0 = LLaDA's float64 Gumbel-max sample at this temperature
+    stop_at_eos: bool = True  # stop a row at its first EOS / end-of-turn token
+    mask_id: int | None = None  # canvas placeholder for not-yet-generated positions (history only)
+
+
+class ARSampler(Sampler):
+    name = "ar"
+    Options = AROptions
+    for_causal_models = True
+
+    def validate(self, model) -> None:
+        from dlm.errors import DLMError
+
+        if self.opts.gen_length < 1:
+            raise DLMError(f"gen_length must be >= 1, got {self.opts.gen_length}")
+        if self.opts.temperature < 0 or self.opts.temperature != self.opts.temperature:
+            raise DLMError(f"temperature must be >= 0, got {self.opts.temperature}")
+
+    def total_steps(self) -> int:
+        return self.opts.gen_length
+
+    @torch.no_grad()
+    def run(self, state: DenoiseState) -> None:
+        net, facts = state.model.net, state.model.facts
+        P, G = state.prompt_length, self.opts.gen_length
+        B = state.x.shape[0]
+        am = state.attention_mask if state.attention_mask is not None else torch.ones_like(state.x)  # (B, P + G)
+        positions = (am.cumsum(-1) - 1).clamp_min(0)  # (B, P + G): left padding shifts positions
+        stops = torch.tensor(facts.stop_ids or (-1,), device=state.x.device)
+        eos = facts.eos_ids[0] if facts.eos_ids else None
+        done = torch.zeros(B, dtype=torch.bool, device=state.x.device)
+        out = net(input_ids=state.x[:, :P], attention_mask=am[:, :P], position_ids=positions[:, :P], use_cache=True)
+        for i in range(G):
+            state.nfe += 1
+            logits = out.logits[:, -1].float()  # (B, V)
+            noise = state.rand(*logits.shape, dtype=torch.float64) if self.opts.temperature > 0 else None
+            token = gumbel_argmax(logits, self.opts.temperature, noise)  # (B,)
+            if self.opts.stop_at_eos and eos is not None:
+                token = torch.where(done, torch.full_like(token, eos), token)
+                done |= torch.isin(token, stops)
+            state.x[:, P + i] = token
+            state.record()
+            if i == G - 1:
+                break
+            if self.opts.stop_at_eos and eos is not None and bool(done.all()):
+                state.x[:, P + i + 1:] = eos
+                break
+            out = net(input_ids=token[:, None], attention_mask=am[:, : P + i + 1], use_cache=True,
+                      position_ids=positions[:, P + i: P + i + 1], past_key_values=out.past_key_values)
