@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dlm.errors import DLMError, first_line
+from dlm.sampling.batching import answer_ids, left_pad
 
 EXIT_USAGE = 2
 
@@ -34,31 +35,6 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key.strip().replace("-", "_"), value
 
 
-def _batch(model, prompts: list[list[int]]):
-    """Left-pad token id lists into (input_ids, attention_mask)."""
-    import torch
-
-    facts = model.facts
-    pad = facts.pad_id if facts.pad_id is not None and facts.pad_id != facts.mask_id else (facts.eos_ids or (0,))[0]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-    return ids, (mask if bool((mask == 0).any()) else None)
-
-
-def _answer_ids(model, ids: list[int]) -> list[int]:
-    """Generated ids up to (not including) the first EOS / end-of-turn token."""
-    stops = set(model.facts.stop_ids)
-    for i, t in enumerate(ids):
-        if t in stops:
-            return ids[:i]
-    return ids
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import dlm
 
@@ -77,14 +53,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "confidence_eos_eot_inf": True if args.confidence_eos_eot_inf else None,
     }.items() if v is not None}
     options.update(dict(_parse_option(o) for o in args.option or []))
-    input_ids, attention_mask = _batch(model, prompts)
+    input_ids, attention_mask = left_pad(model, prompts)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = dlm.generate(model, input_ids, attention_mask, sampler=args.sampler, return_dict=True, seed=args.seed,
                        progress=progress, output_history=args.history, **options)
     results = []
     for row in range(len(prompts)):
         gen = out.generated[row].tolist()
-        answer = _answer_ids(model, gen)
+        answer = answer_ids(model, gen)
         text = model.decode(answer) if model.tokenizer is not None else None
         results.append({"prompt_ids": prompts[row], "ids": gen, "answer_ids": answer, "text": text})
     if args.json:
@@ -104,9 +80,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             record["history"] = out.history[:, :, out.prompt_length:].tolist()
         print(json.dumps(record))
         return 0
-    if args.model is None:
-        print("dlm: note: no --model given; the embedded default is a tiny random model until trained weights ship",
-              file=sys.stderr)
     for r in results:
         print(r["text"] if r["text"] is not None else " ".join(map(str, r["answer_ids"])))
     if args.verbose:
@@ -122,13 +95,14 @@ def describe(path: str | None) -> dict:
     model = dlm.load(path)
     facts = model.facts
     info = {
-        "path": path or "default (tiny random LLaDA built on the fly)",
+        "path": str(model.path) + ("" if path else " (the embedded default)"),
         "model_type": facts.model_type,
         "family": FAMILIES[facts.model_type].note,
         "architecture": type(model.net).__name__,
         "parameters": model.num_parameters(),
         "vocab_size": facts.vocab_size,
         "shifted": facts.shifted,
+        "causal": facts.causal,
         "mask_id": facts.mask_id, "eos_ids": list(facts.eos_ids), "eot_id": facts.eot_id,
         "bos_id": facts.bos_id, "pad_id": facts.pad_id,
         "tokenizer": type(model.tokenizer).__name__ if model.tokenizer is not None else None,
@@ -166,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text from a prompt",
                        description="Denoise an answer for each prompt (repeat --prompt for a batch).")
-    g.add_argument("--model", default=None, help="checkpoint directory (default: the embedded default model)")
+    g.add_argument("--model", default=None, help="checkpoint directory or shipped model name (default: the embedded default, "
+                   "tiny-mdm-instruct)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")

@@ -1,19 +1,17 @@
-"""The embedded default model used when no ``--model`` / ``path`` is given.
+"""The shipped models and the embedded default, plus the shared special tokens and chat template.
 
-Until dlm ships trained weights, the default is a tiny LLaDA-architecture model with seeded random
-weights and a byte-level tokenizer, built on the fly in well under a second. It exercises the whole
-pipeline (tokenizer, chat template, sampler, CLI) but its text is noise.
+``dlm.load()`` with no path loads :data:`DEFAULT_MODEL` from ``dlm/pretrained/``; any shipped model
+can be loaded by name (``dlm.load("tiny-ar")``). ``byte_tokenizer`` and ``tiny_llada_config`` build
+tiny models for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
-import torch
+from dlm.errors import CheckpointError
 
-from dlm.models.diffusion_lm import DiffusionLM
-from dlm.models.llada import LLaDAConfig, LLaDAModelLM
-from dlm.models.registry import resolve_facts
+DEFAULT_MODEL = "tiny-mdm-instruct"
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|user|>", "<|assistant|>", "<|eot|>"]
 CHAT_TEMPLATE = (
@@ -51,23 +49,20 @@ def tiny_llada_config(vocab_size: int, **overrides) -> dict:
     return cfg
 
 
-@functools.lru_cache(maxsize=1)
-def _default_state() -> tuple[dict, dict]:
-    tok = byte_tokenizer()
-    ids = {name: tok.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
-    cfg = tiny_llada_config(
-        len(tok), mask_token_id=ids["<|mask|>"], eos_token_id=ids["<|eos|>"], pad_token_id=ids["<|pad|>"],
-        bos_token_id=ids["<|bos|>"], eot_token_id=ids["<|eot|>"],
-    )
-    net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
-    net.init_weights(std=0.02, generator=torch.Generator().manual_seed(0))
-    return cfg, {k: v.clone() for k, v in net.state_dict().items()}
+def pretrained_dir() -> Path:
+    """Where the shipped models live (inside the package, so an installed dlm has them too)."""
+    return Path(__file__).resolve().parents[1] / "pretrained"
 
 
-def default_model() -> DiffusionLM:
-    cfg, state = _default_state()
-    net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
-    net.load_state_dict(state)
-    tok = byte_tokenizer()
-    facts = resolve_facts("llada", cfg, net.config.padded_vocab_size, tok)
-    return DiffusionLM(net, facts, cfg, tokenizer=tok, path=None)
+def shipped_models() -> list[str]:
+    root = pretrained_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.is_dir() else []
+
+
+def default_path() -> Path:
+    """The embedded default model: the instruction-tuned summariser (see docs/model-family.md)."""
+    path = pretrained_dir() / DEFAULT_MODEL
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"the shipped default model {DEFAULT_MODEL} is missing from {pretrained_dir()}; "
+                              "reinstall dlm or pass a model directory")
+    return path

@@ -220,13 +220,16 @@ def _load_tokenizer(path: Path) -> Any:
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype | None = None) -> DiffusionLM:
-    """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default)."""
+    """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default;
+    a shipped model's name such as ``"tiny-a2d"`` also works)."""
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype, dev)
-    if path is None:
-        from dlm.models.default import default_model
+    from dlm.models.default import default_path, pretrained_dir, shipped_models
 
-        return default_model().to(device=dev, dtype=torch_dtype).eval()
+    if path is None:
+        path = default_path()
+    elif not Path(path).expanduser().exists() and str(path) in shipped_models():
+        path = pretrained_dir() / str(path)  # a shipped model by name, e.g. "tiny-ar"
     path = Path(path).expanduser()
     cfg = read_config(path)
     family = FAMILIES[cfg["model_type"]]

@@ -1,0 +1,167 @@
+"""The claim, measured: tiny-a2d (AR -> diffusion adaptation) against tiny-mdm (diffusion from
+scratch, same tokens) and tiny-ar (greedy AR decoding), on held-out Debian text.
+
+    .venv/bin/python benchmarks/compare_family.py [--limit 200] [--nfe 8,16,32,64] [--threads 2]
+
+1. Held-out likelihood on the test split (packed [BOS] + 255-token blocks): the masked-diffusion
+   ELBO bound per token for tiny-a2d / tiny-mdm (LLaDA's stratified MC estimator, ``--mc`` copies
+   per block) and the exact NLL for tiny-ar, as perplexities.
+2. Summarisation of the test split (description -> one-line synopsis) by the instruction-tuned
+   versions: ROUGE-1/2/L (rouge-score, stemmer, F x 100) for the diffusion models with LLaDA
+   low-confidence remasking (T = 0, one 32-token block, steps = NFE) and for tiny-ar greedy, with
+   the wall time of each. The answer block is 32 tokens, so NFE 64 spends two passes per token.
+
+Writes benchmarks/results/family.json (numbers, settings, seed, versions, hardware) and
+family_samples.jsonl (every prediction), and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dlm  # noqa: E402
+from dlm.data.debian import load_split  # noqa: E402
+from dlm.eval.perplexity import causal_nll_per_token, diffusion_nll_per_token, perplexity  # noqa: E402
+from dlm.eval.rouge import rouge  # noqa: E402
+from dlm.sampling.batching import answer_ids, left_pad  # noqa: E402
+from dlm.train.data import summary_prompt  # noqa: E402
+from bench_generate import cpu_model  # noqa: E402
+
+
+def test_blocks(tokenizer, rows: list[dict], seq_len: int, n_blocks: int) -> torch.Tensor:
+    """Test documents (synopsis\\ndescription<eos>) packed into (n, seq_len) blocks, BOS first."""
+    ids: list[int] = []
+    for r in rows:
+        ids += tokenizer(f"{r['synopsis']}\n{r['description']}", add_special_tokens=False)["input_ids"]
+        ids.append(tokenizer.eos_token_id)
+    body = seq_len - 1
+    n = min(n_blocks, len(ids) // body)
+    blocks = torch.tensor(ids[: n * body]).view(n, body)
+    return torch.cat([torch.full((n, 1), tokenizer.bos_token_id), blocks], dim=1)
+
+
+def summarise(model, rows: list[dict], batch_size: int, **options) -> tuple[list[str], float, float]:
+    """Predictions (in ``rows`` order), wall seconds, mean NFE per batch."""
+    prompts = [model.encode_prompt(summary_prompt(r["description"])) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+    preds: list[str] = [""] * len(rows)
+    seconds, nfes = 0.0, []
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        input_ids, attention_mask = left_pad(model, [prompts[i] for i in idx])
+        t0 = time.perf_counter()
+        out = dlm.generate(model, input_ids, attention_mask, return_dict=True, seed=0, **options)
+        seconds += time.perf_counter() - t0
+        nfes.append(out.nfe)
+        for row, i in enumerate(idx):
+            preds[i] = model.decode(answer_ids(model, out.generated[row].tolist())).strip()
+    return preds, seconds, sum(nfes) / len(nfes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=str(ROOT / "src" / "dlm" / "pretrained"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "debian"))
+    ap.add_argument("--limit", type=int, default=200, help="test pairs for ROUGE (seeded sample)")
+    ap.add_argument("--nfe", default="8,16,32,64")
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--ppl-blocks", type=int, default=200)
+    ap.add_argument("--mc", type=int, default=8, help="masked copies per block for the ELBO")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "family.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budgets = [int(x) for x in args.nfe.split(",")]
+    models = Path(args.models)
+    test = load_split(args.data, "test")
+    rows = random.Random(args.seed).sample(test, min(args.limit, len(test)))
+    refs = [r["synopsis"] for r in rows]
+    result = {"settings": vars(args) | {"test_pairs_total": len(test), "gen_length": 32},
+              "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "python": platform.python_version()},
+              "hardware": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
+              "perplexity": {}, "rouge": []}
+    samples = []
+
+    print("## held-out likelihood", file=sys.stderr)
+    for name in ("tiny-ar", "tiny-a2d", "tiny-mdm"):
+        model = dlm.load(models / name)
+        blocks = test_blocks(model.tokenizer, test, 256, args.ppl_blocks)
+        t0 = time.perf_counter()
+        if model.facts.causal:
+            nll = causal_nll_per_token(model, blocks)
+            kind = "exact NLL"
+        else:
+            nll = diffusion_nll_per_token(model, blocks, mc=args.mc, seed=args.seed, progress=True)
+            kind = f"ELBO bound, {args.mc} MC copies/block"
+        result["perplexity"][name] = {"nll_per_token": nll, "perplexity": perplexity(nll), "kind": kind,
+                                      "blocks": len(blocks), "tokens": int(blocks[:, 1:].numel()),
+                                      "seconds": time.perf_counter() - t0,
+                                      "training_tokens": _training_tokens(models, name)}
+        print(name, result["perplexity"][name], file=sys.stderr)
+
+    print("## summarisation", file=sys.stderr)
+    runs = [("tiny-ar-instruct", "ar", None)] + [(m, "llada", n) for m in ("tiny-a2d-instruct", "tiny-mdm-instruct")
+                                                 for n in budgets]
+    loaded: dict[str, object] = {}
+    for name, sampler, nfe in runs:
+        model = loaded.setdefault(name, dlm.load(models / name))
+        options = dict(gen_length=32) if sampler == "ar" else dict(gen_length=32, steps=nfe, block_length=32)
+        preds, seconds, mean_nfe = summarise(model, rows, args.batch_size, sampler=sampler, **options)
+        scores = rouge(preds, refs)
+        entry = {"model": name, "sampler": sampler, "nfe": mean_nfe, "options": options, **scores,
+                 "seconds": seconds, "seconds_per_example": seconds / len(rows),
+                 "empty": sum(not p for p in preds) / len(preds),
+                 "mean_words": sum(len(p.split()) for p in preds) / len(preds)}
+        result["rouge"].append(entry)
+        samples += [{"model": name, "nfe": mean_nfe, "package": r["package"], "reference": r["synopsis"],
+                     "prediction": p} for r, p in zip(rows, preds)]
+        print(json.dumps(entry), file=sys.stderr)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    with open(out.with_name(out.stem + "_samples.jsonl"), "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    print(markdown(result))
+
+
+def _training_tokens(models: Path, name: str) -> int:
+    """Tokens of this model's training plus those of the model it started from (recursively)."""
+    training = json.loads((models / name / "config.json").read_text()).get("dlm_training", {})
+    init = training.get("init")
+    parent = 0
+    if init:
+        path = Path(init) if Path(init).is_absolute() else ROOT / init
+        parent = _training_tokens(path.parent, path.name) if (path / "config.json").exists() else 0
+    return training.get("tokens", 0) + parent
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | held-out perplexity | kind | training tokens |", "|---|---:|---|---:|"]
+    for name, p in result["perplexity"].items():
+        lines.append(f"| {name} | {p['perplexity']:.2f} | {p['kind']} | {p['training_tokens']:,} |")
+    lines += ["", "| model | decoding | NFE | ROUGE-1 | ROUGE-2 | ROUGE-L | words | empty | wall s | s/example |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in result["rouge"]:
+        dec = "AR greedy" if e["sampler"] == "ar" else "LLaDA low-confidence"
+        lines.append(f"| {e['model']} | {dec} | {e['nfe']:.1f} | {e['rouge1']:.2f} | {e['rouge2']:.2f} | "
+                     f"{e['rougeL']:.2f} | {e['mean_words']:.1f} | {e['empty']:.0%} | {e['seconds']:.1f} | "
+                     f"{e['seconds_per_example']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (ROUGE) and held-out likelihood (ELBO perplexity)."""

@@ -1,0 +1,31 @@
+"""Prompt batching and answer extraction shared by the CLI, the evaluations and the benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+
+def left_pad(model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-pad token id lists into (input_ids (B, P), attention_mask (B, P) or None when unpadded).
+
+    The pad id is the model's pad token, or its first EOS when the pad token is the mask token.
+    """
+    facts = model.facts
+    pad = facts.pad_id if facts.pad_id is not None and facts.pad_id != facts.mask_id else (facts.eos_ids or (0,))[0]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+    return ids, (mask if bool((mask == 0).any()) else None)
+
+
+def answer_ids(model, ids: list[int]) -> list[int]:
+    """Generated ids up to (not including) the first EOS / end-of-turn token."""
+    stops = set(model.facts.stop_ids)
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[:i]
+    return ids
