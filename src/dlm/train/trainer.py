@@ -157,17 +157,19 @@ class Trainer:
         return {k: v.to(self.acc.device) for k, v in batch.items()}
 
     # -- loss -----------------------------------------------------------------------------------
-    def _loss(self, batch, step: int, generator=None) -> torch.Tensor:
+    def _loss(self, batch, step: int, generator=None, objective: str | None = None) -> torch.Tensor:
         cfg = self.cfg
-        if cfg.objective == "causal":
+        objective = objective or cfg.objective
+        if objective == "causal":
             return causal_lm_loss(self.trainable, batch)
         return diffusion_loss(self.trainable, batch, mask_id=self.facts.mask_id, shifted=self.facts.shifted,
-                              objective=cfg.objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
+                              objective=objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the first ``eval_batches`` validation batches with fixed noise (seed 1234):
-        the diffusion ELBO per token (full attention) or the causal CE, in nats."""
+        the causal CE, or for every diffusion objective (a2d included) the same per-token
+        masked-diffusion ELBO with full attention, in nats - comparable across models."""
         cfg = self.cfg
         self.trainable.eval()
         g = torch.Generator(device=self.acc.device).manual_seed(1234)
@@ -177,7 +179,8 @@ class Trainer:
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n))
             if len(idx) == 0:
                 break
-            losses.append(float(self._loss(self._batch(self.val_data, idx), step=10**9, generator=g)))
+            objective = "causal" if cfg.objective == "causal" else "mdm"
+            losses.append(float(self._loss(self._batch(self.val_data, idx), step=0, generator=g, objective=objective)))
         self.trainable.train()
         return sum(losses) / max(1, len(losses))
 
