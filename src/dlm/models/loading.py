@@ -210,12 +210,18 @@ def _load_tokenizer(path: Path) -> Any:
         return None
     import transformers
 
+    verbosity = transformers.logging.get_verbosity()
+    # AutoTokenizer also reads config.json and warns that it does not know model_type "llada"
+    # (dlm builds the model itself); that warning means nothing here.
+    transformers.logging.set_verbosity_error()
     try:
         # trust_remote_code=False: never run a checkpoint's own Python code, and never ask about it
         # (real LLaDA configs carry an auto_map that would otherwise trigger an interactive prompt).
         return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for broken tokenizer files
         raise CheckpointError(f"{path}: tokenizer files are present but cannot be loaded ({first_line(e)})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",
