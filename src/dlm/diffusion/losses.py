@@ -2,6 +2,7 @@
 
 Pretraining (all positions noisable):
     loss = sum over masked (b, i) of CE(logits[b, i], x[b, i]) / t_b, divided by B * L
+    (by the number of noisable positions: padding and a shifted model's position 0 excluded)
 SFT (prompt never masked, loss normalised by each row's answer length):
     loss = sum_b [ sum over masked answer positions of CE / t_b ] / answer_len_b, divided by B
 Both are the negative ELBO up to the constant factor, per token, in nats.
@@ -66,8 +67,8 @@ def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, promp
     if prompt_lengths is None and normalize == "masked":
         loss = weighted.sum() / masked.sum().clamp_min(1)
     elif prompt_lengths is None:
-        denom = attention_mask.sum() if attention_mask is not None else torch.tensor(B * L, device=device)
-        loss = weighted.sum() / denom.clamp_min(1)
+        # B * L for LLaDA; without padding and, for shifted models, without position 0
+        loss = weighted.sum() / maskable.sum().clamp_min(1)
     else:
         answer_len = maskable.sum(dim=1).clamp_min(1).float()  # (B,)
         per_row = torch.zeros(B, device=device).index_add(0, masked.nonzero()[:, 0], weighted)

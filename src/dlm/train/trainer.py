@@ -112,6 +112,9 @@ class Trainer:
             tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
             self.model = new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
         self.model.train()
+        # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run
+        # and per rank, so processes draw different noise; checkpoints save and restore it.
+        torch.manual_seed(cfg.seed * 1000 + self.acc.process_index)
         self.tokenizer = self.model.tokenizer
         if self.tokenizer is None:
             raise DLMError("training needs a tokenizer saved with the model")
@@ -189,8 +192,10 @@ class Trainer:
         self.acc.wait_for_everyone()
         tmp = self.out / "checkpoint.tmp"
         self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is renamed
         if self.acc.is_main_process:
-            (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": _jsonable(self.cfg)}, indent=1))
+            (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": _jsonable(self.cfg),
+                                                            "processes": self.acc.num_processes}, indent=1))
             if self.ckpt.exists():
                 shutil.rmtree(self.ckpt)
             tmp.rename(self.ckpt)
@@ -205,6 +210,9 @@ class Trainer:
             diff = sorted(k for k in saved["config"] if saved["config"][k] != _jsonable(self.cfg).get(k))
             raise DLMError(f"{self.ckpt} was written with different settings ({', '.join(diff)}); "
                            "use another --out or delete the checkpoint")
+        if saved.get("processes", 1) != self.acc.num_processes:
+            raise DLMError(f"{self.ckpt} was written by {saved.get('processes', 1)} process(es), this run has "
+                           f"{self.acc.num_processes}; resume with the same number (data sharding and RNG depend on it)")
         self.acc.load_state(str(self.ckpt))
         self.state = {k: saved[k] for k in ("step", "tokens", "seconds", "log")}
         self.acc.print(f"dlm train: resuming {self.out} at step {self.state['step']}")
@@ -255,6 +263,9 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=entry.get("val_loss", ""),
                             tok_s=f"{(self.state['tokens']) / max(self.state['seconds'], 1e-9):.0f}")
             out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
+            if self.acc.num_processes > 1:  # every rank must stop at the same step
+                flag = torch.tensor([int(out_of_time)], device=self.acc.device)
+                out_of_time = bool(self.acc.gather(flag).max())
             if step % cfg.save_every == 0 or out_of_time:
                 self._save_checkpoint()
             if out_of_time and step < cfg.max_steps:
