@@ -183,3 +183,17 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data_dir):
     assert len(lines) == 1 and lines[0]["finished"]  # only the main process reports
     log = json.loads((out / "training_log.json").read_text())
     assert log["processes"] == 2 and log["tokens"] == 3 * 2 * 2 * 32
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokenizer", "/does/not/exist"], "tokenizer directory /does/not/exist does not exist"),
+    (["--data", "/does/not/exist"], "no train split"),
+    (["--init", "/does/not/exist"], "does not exist"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+])
+def test_cli_train_bad_input(capsys, tmp_path, argv, message):
+    from dlm.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dlm.errors import DLMError
+from dlm.errors import DLMError, first_line
 from dlm.train.build import ModelSize, load_for_training, new_model
 from dlm.train.data import BatchStream, collate_sft, pack_documents, sft_examples
 from dlm.train.objectives import OBJECTIVES, anneal_ratio, causal_lm_loss, diffusion_loss
@@ -109,7 +109,13 @@ class Trainer:
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
+            if not Path(cfg.tokenizer).is_dir():
+                raise DLMError(f"tokenizer directory {cfg.tokenizer} does not exist; build it with `dlm data tokenizer`")
+            try:
+                tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
+            except (OSError, ValueError) as e:
+                raise DLMError(f"cannot load the tokenizer at {cfg.tokenizer} ({first_line(e)}); "
+                               "build it with `dlm data tokenizer`") from None
             self.model = new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
         self.model.train()
         # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run

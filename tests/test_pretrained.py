@@ -1,0 +1,63 @@
+"""The shipped model family: loadable by name, described by cards, trained as documented."""
+
+import json
+import time
+
+import pytest
+import torch
+
+import dlm
+from dlm.models.default import DEFAULT_MODEL, pretrained_dir, shipped_models
+from dlm.sampling.batching import answer_ids
+from dlm.train.data import summary_prompt
+
+FAMILY = ["tiny-ar", "tiny-a2d", "tiny-mdm", "tiny-ar-instruct", "tiny-a2d-instruct", "tiny-mdm-instruct"]
+
+
+def _training(name):
+    return json.loads((pretrained_dir() / name / "config.json").read_text())["dlm_training"]
+
+
+def test_the_whole_family_ships():
+    assert set(FAMILY) <= set(shipped_models())
+    for name in FAMILY:
+        files = {p.name for p in (pretrained_dir() / name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_log.json"} <= files
+        assert not (pretrained_dir() / name / "checkpoint").exists()
+        assert (pretrained_dir() / name / "model.safetensors").stat().st_size < 40e6
+
+
+@pytest.mark.parametrize("name, causal, shifted, model_type", [
+    ("tiny-ar", True, True, "llama"), ("tiny-a2d", False, True, "llama"), ("tiny-mdm", False, False, "llada"),
+    ("tiny-ar-instruct", True, True, "llama"), ("tiny-a2d-instruct", False, True, "llama"),
+    ("tiny-mdm-instruct", False, False, "llada"),
+])
+def test_loads_by_name_with_the_right_facts(name, causal, shifted, model_type):
+    model = dlm.load(name)
+    f = model.facts
+    assert (f.causal, f.shifted, f.model_type) == (causal, shifted, model_type)
+    assert f.mask_id == 3 and f.eos_ids == (1,) and f.vocab_size == 8192
+    card = (pretrained_dir() / name / "README.md").read_text()
+    assert "## Training" in card and "## Validation" in card and "dlm train --out" in card
+
+
+def test_the_control_matches_size_and_tokens():
+    """tiny-mdm has tiny-ar's size and saw as many tokens as tiny-ar + the adaptation."""
+    ar, mdm = dlm.load("tiny-ar"), dlm.load("tiny-mdm")
+    assert ar.num_parameters() == mdm.num_parameters()
+    assert _training("tiny-mdm")["tokens"] == _training("tiny-ar")["tokens"] + _training("tiny-a2d")["tokens"]
+    assert _training("tiny-a2d")["init"].endswith("tiny-ar") and _training("tiny-a2d")["objective"] == "a2d"
+
+
+def test_default_model_summarises_a_held_out_description():
+    start = time.perf_counter()
+    model = dlm.load()
+    load_seconds = time.perf_counter() - start
+    assert model.path.endswith(DEFAULT_MODEL) and load_seconds < 5
+    description = ("This package provides a command-line tool to convert images between many formats, "
+                   "resize and crop them, and apply filters in batch.")
+    ids = torch.tensor([model.encode_prompt(summary_prompt(description))])
+    out = dlm.generate(model, ids, return_dict=True)
+    assert out.options["gen_length"] == 32 and out.nfe == 32
+    text = model.decode(answer_ids(model, out.generated[0].tolist())).strip()
+    assert 1 <= len(text.split()) <= 25 and "\n" not in text
