@@ -140,6 +140,16 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_dir):
         torch.testing.assert_close(va, vb, msg=k)
 
 
+@pytest.mark.parametrize("arch", ["llada", "llama"])
+def test_gradient_checkpointing_gives_the_same_step(tmp_path, data_dir, arch):
+    kw = dict(objective="mdm", arch=arch, size=TINY, tokenizer=str(TOKENIZER), max_steps=2, eval_every=2)
+    Trainer(_cfg(tmp_path, data_dir, "plain", **kw)).train()
+    Trainer(_cfg(tmp_path, data_dir, "ckpt", gradient_checkpointing=True, **kw)).train()
+    a, b = dlm.load(tmp_path / "plain"), dlm.load(tmp_path / "ckpt")
+    for (k, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=k, rtol=1e-4, atol=1e-5)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
     size = dict(objective="mdm", arch="llada", size=TINY, tokenizer=str(TOKENIZER), max_steps=5)
     Trainer(_cfg(tmp_path, data_dir, "r", max_minutes=1e-9, **size)).train()

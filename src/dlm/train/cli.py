@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     t.add_argument("--save-every", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations during backward (less memory, slower)")
     t.add_argument("--name", default=None, help="model name for the card (default: the --out folder name)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--no-progress", dest="progress", action="store_false")
@@ -69,7 +71,8 @@ def cmd_train(args) -> int:
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         max_steps=args.max_steps, max_minutes=args.max_minutes, anneal_steps=args.anneal_steps,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed,
-        save_dtype=args.save_dtype, name=args.name, progress=args.progress)
+        save_dtype=args.save_dtype, name=args.name, progress=args.progress,
+        gradient_checkpointing=args.gradient_checkpointing)
     result = Trainer(cfg).train()
     if not result["main_process"]:
         return 0

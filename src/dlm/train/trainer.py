@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import platform
 import shutil
@@ -56,6 +57,7 @@ class TrainConfig:
     save_every: int = 100
     seed: int = 0
     save_dtype: str = "float32"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     name: str | None = None  # model name for the card
     progress: bool = True
 
@@ -118,6 +120,12 @@ class Trainer:
                                "build it with `dlm data tokenizer`") from None
             self.model = new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
         self.model.train()
+        if cfg.gradient_checkpointing:
+            if self.model.is_llada:
+                self.model.net.gradient_checkpointing = True
+            else:  # transformers 5 renamed gradient_checkpointing_enable
+                enable = getattr(self.model.net, "activation_checkpointing_enable", None)
+                (enable or self.model.net.gradient_checkpointing_enable)()
         # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run
         # and per rank, so processes draw different noise; checkpoints save and restore it.
         torch.manual_seed(cfg.seed * 1000 + self.acc.process_index)
@@ -197,7 +205,14 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         tmp = self.out / "checkpoint.tmp"
-        self.acc.save_state(str(tmp))
+        # accelerate warns about tied weights (embedding = head) on every save; they reload fine.
+        quiet = logging.getLogger("accelerate.utils.other")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self.acc.save_state(str(tmp))
+        finally:
+            quiet.setLevel(level)
         self.acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is renamed
         if self.acc.is_main_process:
             (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": _jsonable(self.cfg),
