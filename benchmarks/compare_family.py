@@ -12,7 +12,9 @@ scratch, same tokens) and tiny-ar (greedy AR decoding), on held-out Debian text.
    the wall time of each. The answer block is 32 tokens, so NFE 64 spends two passes per token.
 
 Writes benchmarks/results/family.json (numbers, settings, seed, versions, hardware) and
-family_samples.jsonl (every prediction), and prints a Markdown table.
+family_samples.jsonl (every prediction), and prints a Markdown table. The work splits over
+processes with ``--only ppl|rouge`` and ``--runs``, each with its own ``--out``; ``--merge`` joins
+the parts (docs/model-family.md gives the exact commands used for the shipped numbers).
 """
 
 from __future__ import annotations
@@ -81,7 +83,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "family.json"))
+    ap.add_argument("--only", choices=["all", "ppl", "rouge"], default="all",
+                    help="run one part (to split the work over processes; see --merge)")
+    ap.add_argument("--runs", default="tiny-ar-instruct,tiny-a2d-instruct,tiny-mdm-instruct",
+                    help="instruction-tuned models to summarise with")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine result files of partial runs into --out")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = [int(x) for x in args.nfe.split(",")]
@@ -96,7 +106,7 @@ def main() -> None:
     samples = []
 
     print("## held-out likelihood", file=sys.stderr)
-    for name in ("tiny-ar", "tiny-a2d", "tiny-mdm"):
+    for name in ("tiny-ar", "tiny-a2d", "tiny-mdm") if args.only in ("all", "ppl") else ():
         model = dlm.load(models / name)
         blocks = test_blocks(model.tokenizer, test, 256, args.ppl_blocks)
         t0 = time.perf_counter()
@@ -113,8 +123,9 @@ def main() -> None:
         print(name, result["perplexity"][name], file=sys.stderr)
 
     print("## summarisation", file=sys.stderr)
-    runs = [("tiny-ar-instruct", "ar", None)] + [(m, "llada", n) for m in ("tiny-a2d-instruct", "tiny-mdm-instruct")
-                                                 for n in budgets]
+    selected = args.runs.split(",") if args.only in ("all", "rouge") else []
+    runs = [(m, "ar", None) if "-ar" in m else (m, "llada", n) for m in selected
+            for n in ([None] if "-ar" in m else budgets)]
     loaded: dict[str, object] = {}
     for name, sampler, nfe in runs:
         model = loaded.setdefault(name, dlm.load(models / name))
@@ -135,6 +146,28 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     with open(out.with_name(out.stem + "_samples.jsonl"), "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
+    print(markdown(result))
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One result file (and one samples file) from partial runs; settings must agree."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keep = ("limit", "nfe", "batch_size", "ppl_blocks", "mc", "seed", "threads", "test_pairs_total", "gen_length")
+    first = {k: parts[0]["settings"].get(k) for k in keep}
+    for p, part in zip(paths, parts):
+        if {k: part["settings"].get(k) for k in keep} != first:
+            raise SystemExit(f"{p} was run with other settings than {paths[0]}")
+    result = {"settings": first | {"merged_from": paths}, "versions": parts[0]["versions"],
+              "hardware": parts[0]["hardware"], "perplexity": {}, "rouge": []}
+    for part in parts:
+        result["perplexity"].update(part["perplexity"])
+        result["rouge"] += part["rouge"]
+    order = ["tiny-ar-instruct", "tiny-a2d-instruct", "tiny-mdm-instruct"]
+    result["rouge"].sort(key=lambda e: (order.index(e["model"]) if e["model"] in order else 9, e["nfe"]))
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    with open(out.with_name(out.stem + "_samples.jsonl"), "w") as f:
+        for p in paths:
+            f.write(Path(p).with_name(Path(p).stem + "_samples.jsonl").read_text())
     print(markdown(result))
 
 
