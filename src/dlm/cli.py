@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from a prompt",
                        description="Denoise an answer for each prompt (repeat --prompt for a batch).")
     g.add_argument("--model", default=None, help="checkpoint directory or shipped model name (default: the embedded default, "
-                   "tiny-mdm-instruct)")
+                   "tiny-a2d-instruct)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")

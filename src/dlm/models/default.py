@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dlm.errors import CheckpointError
 
-DEFAULT_MODEL = "tiny-mdm-instruct"
+DEFAULT_MODEL = "tiny-a2d-instruct"
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|user|>", "<|assistant|>", "<|eot|>"]
 CHAT_TEMPLATE = (
