@@ -128,7 +128,9 @@ def main() -> None:
             for n in ([None] if "-ar" in m else budgets)]
     loaded: dict[str, object] = {}
     for name, sampler, nfe in runs:
-        model = loaded.setdefault(name, dlm.load(models / name))
+        if name not in loaded:
+            loaded[name] = dlm.load(models / name)
+        model = loaded[name]
         options = dict(gen_length=32) if sampler == "ar" else dict(gen_length=32, steps=nfe, block_length=32)
         preds, seconds, mean_nfe = summarise(model, rows, args.batch_size, sampler=sampler, **options)
         scores = rouge(preds, refs)
@@ -152,12 +154,16 @@ def main() -> None:
 def merge(paths: list[str], out: Path) -> None:
     """One result file (and one samples file) from partial runs; settings must agree."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    keep = ("limit", "nfe", "batch_size", "ppl_blocks", "mc", "seed", "threads", "test_pairs_total", "gen_length")
-    first = {k: parts[0]["settings"].get(k) for k in keep}
+    relevant = {"ppl": ("ppl_blocks", "mc"), "rouge": ("limit", "nfe", "batch_size", "gen_length")}
+    shared = ("seed", "threads", "test_pairs_total")
+    settings: dict = {}
     for p, part in zip(paths, parts):
-        if {k: part["settings"].get(k) for k in keep} != first:
-            raise SystemExit(f"{p} was run with other settings than {paths[0]}")
-    result = {"settings": first | {"merged_from": paths}, "versions": parts[0]["versions"],
+        only = part["settings"].get("only", "all")
+        keys = shared + (relevant["ppl"] + relevant["rouge"] if only == "all" else relevant[only])
+        for k in keys:
+            if settings.setdefault(k, part["settings"].get(k)) != part["settings"].get(k):
+                raise SystemExit(f"{p}: {k} = {part['settings'].get(k)!r}, another part has {settings[k]!r}")
+    result = {"settings": settings | {"merged_from": [Path(p).name for p in paths]}, "versions": parts[0]["versions"],
               "hardware": parts[0]["hardware"], "perplexity": {}, "rouge": []}
     for part in parts:
         result["perplexity"].update(part["perplexity"])
