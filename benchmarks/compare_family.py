@@ -6,8 +6,9 @@ scratch, same tokens) and tiny-ar (greedy AR decoding), on held-out Debian text.
 1. Held-out likelihood on the test split (packed [BOS] + 255-token blocks): the masked-diffusion
    ELBO bound per token for tiny-a2d / tiny-mdm (LLaDA's stratified MC estimator, ``--mc`` copies
    per block) and the exact NLL for tiny-ar, as perplexities.
-2. Summarisation of the test split (description -> one-line synopsis) by the instruction-tuned
-   versions: ROUGE-1/2/L (rouge-score, stemmer, F x 100) for the diffusion models with LLaDA
+2. Summarisation of a seeded sample of the test pairs whose prompt fits the instruct models'
+   fine-tuning length (<= 224 tokens; longer pairs were skipped in SFT too) by the
+   instruction-tuned versions: ROUGE-1/2/L (rouge-score, stemmer, F x 100) for the diffusion models with LLaDA
    low-confidence remasking (T = 0, one 32-token block, steps = NFE) and for tiny-ar greedy, with
    the wall time of each. The answer block is 32 tokens, so NFE 64 spends two passes per token.
 
@@ -97,9 +98,14 @@ def main() -> None:
     budgets = [int(x) for x in args.nfe.split(",")]
     models = Path(args.models)
     test = load_split(args.data, "test")
-    rows = random.Random(args.seed).sample(test, min(args.limit, len(test)))
+    # The instruct models were fine-tuned on prompts of at most seq_len - answer block = 224 tokens
+    # (longer pairs were skipped); evaluate on the test pairs that fit the same way.
+    encoder = dlm.load(models / "tiny-a2d-instruct")  # all six models share the tokenizer
+    fits = [r for r in test if len(encoder.encode_prompt(summary_prompt(r["description"]))) <= 224]
+    rows = random.Random(args.seed).sample(fits, min(args.limit, len(fits)))
     refs = [r["synopsis"] for r in rows]
-    result = {"settings": vars(args) | {"test_pairs_total": len(test), "gen_length": 32},
+    result = {"settings": vars(args) | {"test_pairs_total": len(test), "test_pairs_fitting": len(fits),
+                                        "max_prompt_tokens": 224, "gen_length": 32},
               "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "python": platform.python_version()},
               "hardware": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
               "perplexity": {}, "rouge": []}
@@ -154,7 +160,8 @@ def main() -> None:
 def merge(paths: list[str], out: Path) -> None:
     """One result file (and one samples file) from partial runs; settings must agree."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    relevant = {"ppl": ("ppl_blocks", "mc"), "rouge": ("limit", "nfe", "batch_size", "gen_length")}
+    relevant = {"ppl": ("ppl_blocks", "mc"), "rouge": ("limit", "nfe", "batch_size", "gen_length", "test_pairs_fitting",
+                                                    "max_prompt_tokens")}
     shared = ("seed", "threads", "test_pairs_total")
     settings: dict = {}
     for p, part in zip(paths, parts):
