@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dlm  # noqa: E402
 from dlm.models.default import tiny_llada_config  # noqa: E402
+from dlm.provenance import cpu_model, software_versions  # noqa: E402
 from dlm.models.diffusion_lm import DiffusionLM  # noqa: E402
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM  # noqa: E402
 from dlm.models.registry import resolve_facts  # noqa: E402
@@ -47,16 +48,6 @@ def build(spec: dict, seed: int) -> DiffusionLM:
     net = LLaDAModelLM(LLaDAConfig.from_dict(cfg))
     net.init_weights(std=0.3, generator=torch.Generator().manual_seed(seed))
     return DiffusionLM(net, resolve_facts("llada", cfg, spec["vocab"]), cfg).eval()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_it(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -98,7 +89,7 @@ def main() -> None:
         "benchmark": "dlm.generate (llada sampler) vs a straightforward per-step loop",
         "median_of": args.repeats, "batch": args.batch, "prompt_length": args.prompt_length, "seed": args.seed,
         "threads": args.threads, "rows": rows,
-        "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": software_versions(),
         "hardware": {"machine": platform.machine(), "cpu": cpu_model(),
                      "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

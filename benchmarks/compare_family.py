@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -37,21 +36,15 @@ import dlm  # noqa: E402
 from dlm.data.debian import load_split  # noqa: E402
 from dlm.eval.perplexity import causal_nll_per_token, diffusion_nll_per_token, perplexity  # noqa: E402
 from dlm.eval.rouge import rouge  # noqa: E402
+from dlm.provenance import cpu_model, software_versions  # noqa: E402
 from dlm.sampling.batching import answer_ids, left_pad  # noqa: E402
-from dlm.train.data import summary_prompt  # noqa: E402
-from bench_generate import cpu_model  # noqa: E402
+from dlm.train.data import pack_documents, pretraining_text, summary_prompt  # noqa: E402
 
 
 def test_blocks(tokenizer, rows: list[dict], seq_len: int, n_blocks: int) -> torch.Tensor:
-    """Test documents (synopsis\\ndescription<eos>) packed into (n, seq_len) blocks, BOS first."""
-    ids: list[int] = []
-    for r in rows:
-        ids += tokenizer(f"{r['synopsis']}\n{r['description']}", add_special_tokens=False)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-    body = seq_len - 1
-    n = min(n_blocks, len(ids) // body)
-    blocks = torch.tensor(ids[: n * body]).view(n, body)
-    return torch.cat([torch.full((n, 1), tokenizer.bos_token_id), blocks], dim=1)
+    """Test documents packed as in pretraining into (n, seq_len) blocks, BOS first."""
+    blocks = pack_documents(tokenizer, [pretraining_text(r) for r in rows], seq_len - 1)[0][:n_blocks]
+    return torch.cat([torch.full((len(blocks), 1), tokenizer.bos_token_id), blocks], dim=1)
 
 
 def summarise(model, rows: list[dict], batch_size: int, **options) -> tuple[list[str], float, float]:
@@ -106,7 +99,7 @@ def main() -> None:
     refs = [r["synopsis"] for r in rows]
     result = {"settings": vars(args) | {"test_pairs_total": len(test), "test_pairs_fitting": len(fits),
                                         "max_prompt_tokens": 224, "gen_length": 32},
-              "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "python": platform.python_version()},
+              "versions": software_versions(),
               "hardware": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads()},
               "perplexity": {}, "rouge": []}
     samples = []

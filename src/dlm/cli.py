@@ -64,16 +64,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         text = model.decode(answer) if model.tokenizer is not None else None
         results.append({"prompt_ids": prompts[row], "ids": gen, "answer_ids": answer, "text": text})
     if args.json:
-        import platform
-
-        import torch
-        import transformers
+        from dlm.provenance import software_versions
 
         record = {
             "model": args.model or "default", "sampler": out.sampler, "options": out.options, "seed": args.seed,
             "nfe": out.nfe, "seconds": round(out.seconds, 4), "device": str(model.device), "dtype": str(model.dtype),
-            "versions": {"dlm": dlm.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                         "python": platform.python_version()},
+            "versions": software_versions(),
             "results": results,
         }
         if args.history:

@@ -23,6 +23,11 @@ def summary_prompt(description: str, instruction: str | None = SUMMARY_INSTRUCTI
     return f"{instruction}\n\n{description}" if instruction else description
 
 
+def pretraining_text(record: dict) -> str:
+    """A Debian record as one pretraining document."""
+    return f"{record['synopsis']}\n{record['description']}"
+
+
 def pack_documents(tokenizer, texts: list[str], seq_len: int) -> tuple[torch.Tensor, dict]:
     """Tokenise, join with EOS and cut into (N, seq_len) blocks. Returns (blocks, stats)."""
     eos = tokenizer.eos_token_id
@@ -107,6 +112,3 @@ class BatchStream:
             self._perm = (epoch, torch.randperm(self.size, generator=g))
         glob = self._perm[1][k * self.batch_size * self.world: (k + 1) * self.batch_size * self.world]
         return glob[self.rank:: self.world]
-
-    def epoch(self, step: int) -> float:
-        return step / self.per_epoch

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from dlm.errors import DLMError, first_line
+from dlm.provenance import cpu_model, software_versions
 from dlm.train.build import ModelSize, load_for_training, new_model
-from dlm.train.data import BatchStream, collate_sft, pack_documents, sft_examples
+from dlm.train.data import BatchStream, collate_sft, pack_documents, pretraining_text, sft_examples
 from dlm.train.objectives import OBJECTIVES, anneal_ratio, causal_lm_loss, diffusion_loss
 
 
@@ -152,9 +153,8 @@ class Trainer:
         cfg = self.cfg
         train, val = load_split(cfg.data, "train"), load_split(cfg.data, "validation")
         if cfg.task == "pretrain":
-            doc = lambda r: f"{r['synopsis']}\n{r['description']}"  # noqa: E731
-            tr, tr_stats = pack_documents(self.tokenizer, [doc(r) for r in train], cfg.seq_len)
-            va, va_stats = pack_documents(self.tokenizer, [doc(r) for r in val], cfg.seq_len)
+            tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len)
+            va, va_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in val], cfg.seq_len)
             return tr, va, {"train": tr_stats, "validation": va_stats}
         diffusion = cfg.objective != "causal"
         tr, tr_stats = sft_examples(self.tokenizer, train, cfg.seq_len, cfg.answer_length, diffusion,
@@ -318,7 +318,7 @@ class Trainer:
         self.model.path = None
         save_pretrained(self.model, self.out, dtype=getattr(torch, self.cfg.save_dtype))
         run = {"config": _jsonable(self.cfg), "data": self.data_stats, "processes": self.acc.num_processes,
-               "hardware": _hardware(), "versions": _versions(), **self.state}
+               "hardware": _hardware(), "versions": software_versions(), **self.state}
         (self.out / "training_log.json").write_text(json.dumps(run, indent=1) + "\n")
         write_model_card(self.out, run, self.model)
         if self.ckpt.exists():
@@ -333,17 +333,9 @@ def _jsonable(cfg: TrainConfig) -> dict:
 
 
 def _hardware() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    info = {"platform": platform.platform(), "processor": cpu_model(),
             "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
-
-def _versions() -> dict:
-    import transformers
-
-    import dlm
-
-    return {"dlm": dlm.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
