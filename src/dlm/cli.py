@@ -171,18 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     from dlm.data.cli import add_parser as add_data
+    from dlm.eval.cli import add_parser as add_eval
     from dlm.train.cli import add_parser as add_train
 
     add_train(sub)
     add_data(sub)
+    add_eval(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # everything after it belongs to lm-evaluation-harness' own parser
+        from dlm.eval.cli import cmd_lm_eval
+
+        def run(_args):
+            return cmd_lm_eval(_args, argv[1:])
+        args = None
+    else:
+        args = build_parser().parse_args(argv)
+        run = args.func
     try:
-        return args.func(args)
+        return run(args)
     except DLMError as e:
         print(f"dlm: error: {e}", file=sys.stderr)
         return EXIT_USAGE

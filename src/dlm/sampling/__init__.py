@@ -18,13 +18,18 @@ SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, AR
 
 def sampler_options(name: str) -> dict[str, object]:
     """Option names of a sampler with their defaults."""
-    return {f.name: f.default for f in dataclasses.fields(_sampler_class(name).Options)}
+    return {f.name: f.default for f in dataclasses.fields(sampler_class(name).Options)}
 
 
-def _sampler_class(name: str) -> type[Sampler]:
+def sampler_class(name: str) -> type[Sampler]:
     if name not in SAMPLERS:
         raise DLMError(f"unknown sampler {name!r} (available: {', '.join(sorted(SAMPLERS))})")
     return SAMPLERS[name]
+
+
+def default_sampler(model) -> str:
+    """``"ar"`` for causal LMs, ``"llada"`` for diffusion models."""
+    return "ar" if model.facts.causal else "llada"
 
 
 def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -85,8 +90,8 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for diffusion models.
     """
     if sampler is None:
-        sampler = "ar" if model.facts.causal else "llada"
-    cls = _sampler_class(sampler)
+        sampler = default_sampler(model)
+    cls = sampler_class(sampler)
     if model.facts.causal and not cls.for_causal_models:
         raise DLMError(f"{model.path or 'this model'} is a causal (autoregressive) LM; decode it with sampler='ar'")
     if cls.for_causal_models and not model.facts.causal:
@@ -135,4 +140,4 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     )
 
 
-__all__ = ["SAMPLERS", "GenerationOutput", "generate", "sampler_options"]
+__all__ = ["SAMPLERS", "GenerationOutput", "default_sampler", "generate", "sampler_class", "sampler_options"]

@@ -117,6 +117,17 @@ class Sampler:
         g, b = self.opts.gen_length, self.opts.block_length
         return [Block(i, prompt_length + s, prompt_length + s + b) for i, s in enumerate(range(0, g, b))]
 
+    @classmethod
+    def has_step_budget(cls) -> bool:
+        """Whether ``options_for_nfe`` is implemented (the NFE of a generation can be chosen)."""
+        return cls.options_for_nfe.__func__ is not Sampler.options_for_nfe.__func__
+
+    @classmethod
+    def options_for_nfe(cls, nfe: int, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that make one generation spend ``nfe`` forward passes (``dlm eval --nfe``)."""
+        raise DLMError(f"sampler {cls.name!r} has no step budget (its forward passes follow from gen_length); "
+                       f"leave out --nfe")
+
     def total_steps(self) -> int | None:
         """Steps for the progress bar when known in advance."""
         return None

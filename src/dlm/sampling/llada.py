@@ -66,6 +66,15 @@ class LLaDASampler(Sampler):
             options.block_length = options.gen_length
         super().__init__(options)
 
+    @classmethod
+    def options_for_nfe(cls, nfe: int, options: dict) -> dict:
+        """steps = NFE (NFE / 2 with classifier-free guidance, whose steps cost two passes)."""
+        if options.get("cfg_scale", 0.0) > 0:
+            if nfe % 2:
+                raise DLMError(f"with cfg_scale > 0 every step costs 2 forward passes; NFE {nfe} is odd")
+            return {"steps": nfe // 2}
+        return {"steps": nfe}
+
     def validate(self, model) -> None:
         o = self.opts
         if o.gen_length <= 0:

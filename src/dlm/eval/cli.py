@@ -1,0 +1,166 @@
+"""``dlm eval``, ``dlm report``, ``dlm trace`` and ``dlm lm-eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dlm.errors import DLMError
+
+
+def _parse_budgets(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        budgets = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DLMError(f"--nfe must be integers separated by commas, e.g. 8,16,32,64; got {text!r}") from None
+    if not budgets or len(set(budgets)) != len(budgets):
+        raise DLMError(f"--nfe must list distinct budgets, got {text!r}")
+    return budgets
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
+    from dlm.cli import _parse_option
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DLMError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = _parse_option(item)
+        out[key] = value
+    return out
+
+
+def _print_table(summary: dict) -> None:
+    task_metrics = [summary["primary_metric"]] + [k for k in ("rouge2", "rougeL", "exact_match_strict")
+                                                  if k in (summary["results"] or [{}])[0]]
+    cols = task_metrics + ["mean_nfe", "seconds_per_example", "mean_answer_tokens", "share_empty",
+                           "share_premature_stop", "tokens_per_pass"]
+    cols = [c for c in cols if any(c in r for r in summary["results"])]
+    print("| budget | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for r in summary["results"]:
+        cells = [r.get(c) for c in cols]
+        print(f"| {r['budget'] if r['budget'] is not None else '-'} | "
+              + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dlm
+    from dlm.eval.runner import EvalConfig, run_eval
+    from dlm.eval.tasks import get_task
+
+    task = get_task(args.task, args.data, **_key_values(args.task_option, "--task-option"))
+    budgets = _parse_budgets(args.nfe)
+    model = dlm.load(args.model, device=args.device, dtype=args.dtype)
+    cfg = EvalConfig(task=task, model_ref=args.model or "default", out_dir=Path(args.out), sampler=args.sampler,
+                     budgets=budgets, preset=args.preset, options=_key_values(args.option, "--option"),
+                     limit=args.limit, seed=args.seed, batch_size=args.batch_size, name=args.name,
+                     progress=sys.stderr.isatty() if args.progress is None else args.progress,
+                     overwrite=args.overwrite)
+    summary = run_eval(model, cfg)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['name']}: {summary['selection']['examples']} examples -> {Path(args.out) / summary['name']}"
+              ".{samples.jsonl,summary.json}")
+        _print_table(summary)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from dlm.eval.tasks import TASKS
+
+    for name, cls in TASKS.items():
+        opts = ", ".join(f"{k}={v}" for k, v in cls.options.items()) or "-"
+        print(f"{name:<14} {cls.description}\n{'':<14} presets: {', '.join(cls.presets)}; options: {opts}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dlm.eval.report import write_report
+
+    files = write_report(Path(args.results), Path(args.out) if args.out else None)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import dlm
+    from dlm.eval.trace import trace
+
+    model = dlm.load(args.model, device=args.device, dtype=args.dtype)
+    options = _key_values(args.option, "--option")
+    path = trace(model, args.prompt, Path(args.out), sampler=args.sampler, seed=args.seed, fps=args.fps, **options)
+    print(path)
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlm.eval.lm_eval_plugin import run_harness_cli
+
+    return run_harness_cli(rest)
+
+
+def add_parser(sub) -> None:
+    from dlm.eval.tasks import TASKS
+    from dlm.sampling import SAMPLERS
+
+    e = sub.add_parser("eval", help="evaluate a model on a task at several NFE budgets",
+                       description="Run a task at several NFE budgets; write every sample (JSONL) and a summary "
+                                   "(JSON: settings, seed, versions, hardware, metrics). Resumable.")
+    e.add_argument("--model", default=None, help="checkpoint directory or shipped model name (default: the default model)")
+    e.add_argument("--task", required=True, choices=list(TASKS), help="task (see `dlm eval-tasks`)")
+    e.add_argument("--data", default=None, help="local data file or directory (Hugging Face dataset layout); "
+                   "debian defaults to the shipped data/debian")
+    e.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
+                   help="sampler for generation tasks (default: ar for causal LMs, llada for diffusion models)")
+    e.add_argument("--nfe", default=None, help="comma-separated forward-pass budgets, e.g. 8,16,32,64 "
+                   "(default: the task's; scoring tasks: Monte Carlo copies or passes per example)")
+    e.add_argument("--preset", default="default", help="the task's named sampler preset (e.g. eos_block)")
+    e.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="sampler option over the preset")
+    e.add_argument("-t", "--task-option", action="append", metavar="KEY=VALUE", help="task option (see dlm eval-tasks)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate this many examples (seeded shuffle; default all)")
+    e.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the example selection and the sampler (default 0)")
+    e.add_argument("--out", default="results", help="output directory (default results/)")
+    e.add_argument("--name", default=None, help="run name (default: MODEL__TASK__SAMPLER)")
+    e.add_argument("--overwrite", action="store_true", help="discard earlier results of this run instead of resuming")
+    e.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    e.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    e.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("eval-tasks", help="list the evaluation tasks, their presets and options")
+    t.set_defaults(func=cmd_tasks)
+
+    r = sub.add_parser("report", help="plots and a Markdown table from dlm eval results",
+                       description="Read every *.summary.json under RESULTS and draw quality-vs-NFE and "
+                                   "quality-vs-seconds curves (PNG) per task, plus report.md.")
+    r.add_argument("results", help="directory with dlm eval results")
+    r.add_argument("--out", default=None, help="where to write the report (default: RESULTS)")
+    r.set_defaults(func=cmd_report)
+
+    tr = sub.add_parser("trace", help="render a denoising trajectory as HTML or an animated GIF",
+                        description="Generate for one prompt and render the canvas after every step.")
+    tr.add_argument("--model", default=None, help="checkpoint directory or shipped model name")
+    tr.add_argument("--prompt", required=True, help="prompt text")
+    tr.add_argument("--out", required=True, help="output file: .html or .gif")
+    tr.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="sampler (default: by model kind)")
+    tr.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="sampler option, e.g. steps=16")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--fps", type=float, default=2.0, help="GIF frames per second (default 2)")
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--dtype", default=None)
+    tr.set_defaults(func=cmd_trace)
+
+    lm = sub.add_parser("lm-eval", help="run lm-evaluation-harness with dlm models registered (--model dlm)",
+                        add_help=False, description="Everything after `dlm lm-eval` goes to lm-evaluation-harness "
+                                                    "(pip install 'dlm[lm-eval]'), with --model dlm available.")
+    lm.set_defaults(func=None, passthrough=cmd_lm_eval)
