@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the virtualenv .venv in the repo root and install dlm into it (CPU torch 2.13.0 pinned,
-# plus the test tools). Idempotent: a second run with an unchanged pyproject.toml returns at once.
+# plus the test tools and the eval extras: Parquet reading, lm-evaluation-harness).
+# Idempotent: a second run with an unchanged pyproject.toml returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ pip_install() {
 }
 echo "setup: installing torch 2.13.0 (CPU) and dlm into .venv ..." >&2
 pip_install "torch==2.13.0"
-pip_install -e ".[test]"
+pip_install -e ".[test,eval,lm-eval]"
 .venv/bin/python -c "import torch, dlm, pytest; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup: install failed" >&2; exit 1; }
 echo "$want" > "$stamp"
