@@ -62,7 +62,7 @@ def hardware(model) -> dict[str, Any]:
 
 def _sampler_plan(model, cfg: EvalConfig) -> tuple[str | None, dict[str, Any], list[int | None]]:
     """(sampler name, options before the budget, budgets)."""
-    from dlm.sampling import default_sampler, model_generation_defaults, sampler_class
+    from dlm.sampling import default_sampler, model_generation_defaults, prepare_sampler, sampler_class
 
     task = cfg.task
     if task.kind == "score":
@@ -86,14 +86,15 @@ def _sampler_plan(model, cfg: EvalConfig) -> tuple[str | None, dict[str, Any], l
     if not cls.has_step_budget():
         if cfg.budgets:
             cls.options_for_nfe(cfg.budgets[0], options)  # raises the sampler's message
+        prepare_sampler(model, name, options)
         return name, options, [None]
     budgets = list(cfg.budgets or task.budgets_for(model))
     if "steps" in cfg.options:
         raise DLMError("--nfe sets the steps; leave out -o steps=...")
-    for nfe in budgets:
+    for nfe in budgets:  # every budget is checked before anything runs or is written
         if nfe < 1:
             raise DLMError(f"NFE budgets must be >= 1, got {nfe}")
-        cls.options_for_nfe(nfe, options)  # e.g. odd NFE with CFG
+        prepare_sampler(model, name, {**options, **cls.options_for_nfe(nfe, options)})
     return name, options, budgets
 
 

@@ -79,6 +79,22 @@ def model_generation_defaults(model, cls: type[Sampler]) -> dict[str, object]:
     return {k: v for k, v in defaults.items() if k in names}
 
 
+def prepare_sampler(model, sampler: str, options: dict) -> Sampler:
+    """The sampler ``sampler`` with ``options`` (over the checkpoint's defaults), validated for
+    ``model``: wrong model kind, unknown or mistyped options and invalid combinations raise."""
+    cls = sampler_class(sampler)
+    if model.facts.causal and not cls.for_causal_models:
+        raise DLMError(f"{model.path or 'this model'} is a causal (autoregressive) LM; decode it with sampler='ar'")
+    if cls.for_causal_models and not model.facts.causal:
+        raise DLMError(f"sampler {sampler!r} decodes causal LMs only; {model.path or 'this model'} is a diffusion model")
+    opts = parse_options(cls.Options, sampler, {**model_generation_defaults(model, cls), **options})
+    smp = cls(opts)
+    if hasattr(opts, "mask_id"):
+        opts.mask_id = model.facts.resolve_mask_id(opts.mask_id)  # recorded in GenerationOutput.options
+    smp.validate(model)
+    return smp
+
+
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, sampler: str | None = None, return_dict: bool = False,
              output_history: bool = False, progress: bool = False, seed: int | None = None, **options):
@@ -91,18 +107,9 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     """
     if sampler is None:
         sampler = default_sampler(model)
-    cls = sampler_class(sampler)
-    if model.facts.causal and not cls.for_causal_models:
-        raise DLMError(f"{model.path or 'this model'} is a causal (autoregressive) LM; decode it with sampler='ar'")
-    if cls.for_causal_models and not model.facts.causal:
-        raise DLMError(f"sampler {sampler!r} decodes causal LMs only; {model.path or 'this model'} is a diffusion model")
-    options = {**model_generation_defaults(model, cls), **options}
-    opts = parse_options(cls.Options, sampler, options)
-    smp = cls(opts)
-    mask_id = model.facts.resolve_mask_id(getattr(opts, "mask_id", None))
-    if hasattr(opts, "mask_id"):
-        opts.mask_id = mask_id  # recorded in GenerationOutput.options
-    smp.validate(model)
+    smp = prepare_sampler(model, sampler, options)
+    opts = smp.opts
+    mask_id = opts.mask_id if hasattr(opts, "mask_id") else model.facts.resolve_mask_id()
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask, mask_id)
     B, P = input_ids.shape
     G = smp.gen_length()
@@ -140,4 +147,5 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     )
 
 
-__all__ = ["SAMPLERS", "GenerationOutput", "default_sampler", "generate", "sampler_class", "sampler_options"]
+__all__ = ["SAMPLERS", "GenerationOutput", "default_sampler", "generate", "prepare_sampler", "sampler_class",
+           "sampler_options"]
