@@ -179,6 +179,11 @@ def test_perplexity_task(tmp_path):
                    "--out", out, "--limit", 3) == 0
     assert run_cli("eval", "--model", "tiny-ar", "--task", "perplexity", "--data", text, "--nfe", "8",
                    "--out", out) == 2
+    # records: the text field is named by an option (here the shipped Debian descriptions)
+    assert run_cli("eval", "--model", "tiny-ar", "--task", "perplexity", "--data", ROOT / "data" / "debian",
+                   "-t", "field=description", "-t", "seq_len=64", "--limit", 2, "--out", out, "--name", "deb") == 0
+    s = json.loads((out / "deb.summary.json").read_text())
+    assert s["settings"]["files"][0].endswith("test.jsonl.xz") and 1 < s["results"][0]["perplexity"] < 8192
 
 
 @pytest.mark.parametrize("model_name", ["tiny-mdm", "tiny-a2d"])

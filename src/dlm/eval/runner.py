@@ -206,11 +206,9 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
                     bar.update(len(batch))
             if bar is not None:
                 bar.close()
-            ids = {ex.id for ex in selected}
-            rows = [s for s in by_budget.get(budget, []) if s["id"] in ids]
-            summary["results"] = [r for r in summary["results"] if r["budget"] != budget]
-            summary["results"].append({"budget": budget, **aggregate(task, rows)})
+            summary["results"] = _results(task, by_budget, selected)
             _write_json(summary_path, {**summary, "status": "running"})
+    summary["results"] = _results(task, by_budget, selected)
     summary["status"] = "complete"
     _write_json(summary_path, summary)
     return summary
@@ -240,6 +238,17 @@ def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, 
             **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < len(gen), ref_tokens),
         })
     return records
+
+
+def _results(task: Task, by_budget: dict[Any, list[dict[str, Any]]], selected: list[Example]) -> list[dict[str, Any]]:
+    """Metrics per budget over the selected examples - budgets of earlier runs included."""
+    ids = {ex.id for ex in selected}
+    out = []
+    for budget in sorted(by_budget, key=lambda b: (b is None, b or 0)):
+        rows = [s for s in by_budget[budget] if s["id"] in ids]
+        if rows:
+            out.append({"budget": budget, **aggregate(task, rows)})
+    return out
 
 
 def aggregate(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Held-out perplexity of a text file: the masked-diffusion ELBO bound (diffusion models) or the
 exact next-token NLL (causal LMs).
 
-The text (a ``.txt`` file, or JSON/JSONL/Parquet records with a ``text`` field, one document each)
+The text (a ``.txt`` file, or JSON/JSONL/Parquet records with a ``text`` field - or the one named by
+the ``field`` option - one document each)
 is tokenised, documents are joined with EOS and cut into blocks of ``seq_len - 1`` tokens, each
 preceded by BOS as its condition (the layout of ``dlm train``'s pretraining blocks). The tail that
 does not fill a block is left out and its size recorded. The budget is the number of masked copies
@@ -29,7 +30,7 @@ class Perplexity(Task):
     primary_metric = "perplexity"
     higher_is_better = False
     default_budgets = (8, 32)
-    options = {"seq_len": 256, "split": "test"}
+    options = {"seq_len": 256, "split": "test", "field": ""}  # field: the record field holding the text
 
     def _files(self) -> list[Path]:
         if self.data.is_file() and self.data.suffix == ".txt":
@@ -41,7 +42,8 @@ class Perplexity(Task):
         if files[0].suffix == ".txt":
             return [files[0].read_text(encoding="utf-8")]
         records = read_records(files)
-        field = pick_field(records[0], ("text", "content", "document"), "text", str(files[0])) if records else "text"
+        names = (self.opts["field"],) if self.opts["field"] else ("text", "content", "document")
+        field = pick_field(records[0], names, "text", str(files[0])) if records else "text"
         return [r[field] for r in records]
 
     def load_for(self, model) -> list[Example]:

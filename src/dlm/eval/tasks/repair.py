@@ -10,8 +10,9 @@ position by argmax. ``fix`` is the share of corrupted positions predicted as the
 forward passes feeds the argmax back ``k - 1`` more times. A BOS is put before each text (a
 shifted model has no prediction for its first position); it is never corrupted nor scored.
 
-Data: JSON/JSONL records with ``tokens`` (ids, as DSL-LLaDA's ``texts_100.json``) or ``text``,
-or a ``.txt`` file with one text per line.
+Data: JSON/JSONL records with ``tokens`` (ids, as DSL-LLaDA's ``texts_100.json``) or ``text``
+(option ``field``), or a ``.txt`` file with one text per line. Texts of fewer than 2 tokens, or more
+than ``max_tokens`` when it is set, are passed over and counted in the summary.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Repair(Task):
     description = "corruption repair: share of randomly replaced tokens restored (fix) and others kept (clean)"
     kind = "score"
     default_budgets = (1,)
-    options = {"rates": "10,30,50", "corruption_seed": 42, "low_id": -1, "high_id": -1, "split": "test"}
+    options = {"rates": "10,30,50", "corruption_seed": 42, "low_id": -1, "high_id": -1, "split": "test",
+               "field": "text", "max_tokens": 0}
 
     def __init__(self, data=None, **options):
         super().__init__(data, **options)
@@ -72,17 +74,19 @@ class Repair(Task):
                        enumerate(files[0].read_text(encoding="utf-8").splitlines()) if line.strip()]
         else:
             records = read_records(files)
-        out = []
+        out, field = [], self.opts["field"]
+        self.passed_over = 0  # texts under 2 tokens or over max_tokens (recorded)
         for i, r in enumerate(records):
             if "tokens" in r:
                 ids = [int(t) for t in r["tokens"]]
-            elif "text" in r:
+            elif field in r:
                 if model.tokenizer is None:
                     raise DLMError("texts need a model with a tokenizer (or give pre-tokenized 'tokens')")
-                ids = model.tokenizer(r["text"], add_special_tokens=False)["input_ids"]
+                ids = model.tokenizer(r[field], add_special_tokens=False)["input_ids"]
             else:
-                raise DLMError(f"{files[0]}: records need 'tokens' or 'text' (found {', '.join(sorted(r))})")
-            if len(ids) < 2:
+                raise DLMError(f"{files[0]}: records need 'tokens' or {field!r} (found {', '.join(sorted(r))})")
+            if len(ids) < 2 or (self.opts["max_tokens"] and len(ids) > self.opts["max_tokens"]):
+                self.passed_over += 1
                 continue
             rid = r.get("id", i)
             seed_id = int(rid) if isinstance(rid, int) or str(rid).isdigit() else i
@@ -104,6 +108,7 @@ class Repair(Task):
         out = {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
         if hasattr(self, "id_range"):
             out["replacement_ids"] = list(self.id_range)
+            out["texts_passed_over"] = self.passed_over
         return out
 
     def check_budget(self, model, nfe: int) -> None:
