@@ -306,7 +306,7 @@ def test_lm_eval_plugin_runs_a_local_task(tmp_path, model):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     cmd = [sys.executable, "-m", "dlm.cli", "lm-eval", "run", "--model", "dlm",
            "--model_args", f"pretrained={model},mc_num=8,mc_batch_size=4,steps=16", "--device", "cpu",
-           "--tasks", "dlm_tiny_gen,dlm_tiny_mc", "--include_path", "tests/fixtures/lm_eval",
+           "--tasks", "dlm_tiny_gen,dlm_tiny_mc,dlm_tiny_ppl", "--include_path", "tests/fixtures/lm_eval",
            "--output_path", str(tmp_path / "out"), "--log_samples", "--apply_chat_template"]
     if model == "tiny-ar-instruct":
         cmd[cmd.index("--model_args") + 1] = f"pretrained={model}"
@@ -315,6 +315,7 @@ def test_lm_eval_plugin_runs_a_local_task(tmp_path, model):
     (results,) = (tmp_path / "out").rglob("results_*.json")
     res = json.loads(results.read_text())["results"]
     assert 0 <= res["dlm_tiny_mc"]["acc,none"] <= 1 and 0 <= res["dlm_tiny_gen"]["exact_match,none"] <= 1
+    assert 0 < res["dlm_tiny_ppl"]["bits_per_byte,none"] < 8  # a trained model beats uniform bytes
     gen = [json.loads(line) for f in (tmp_path / "out").rglob("samples_dlm_tiny_gen_*.jsonl")
            for line in f.read_text().splitlines()]
     assert len(gen) == 3 and all(isinstance(g["resps"][0][0], str) and "\n" not in g["resps"][0][0] for g in gen)

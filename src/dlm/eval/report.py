@@ -36,11 +36,14 @@ def load_summaries(results: Path) -> list[dict[str, Any]]:
 
 
 def run_label(summary: dict[str, Any]) -> str:
+    """``model / sampler`` (plus the preset), or the run's own ``--name`` when it was given one."""
     s = summary["settings"]
-    label = f"{Path(s['model']).name} / {s['sampler'] or 'model'}"
-    if s.get("preset") not in (None, "default"):
-        label += f" ({s['preset']})"
-    return label
+    parts = summary.get("name", "").split("__")
+    if len(parts) == 3 and parts[1] == s["task"]:  # MODEL__TASK__SAMPLER[-PRESET or custom suffix]
+        return f"{parts[0]} / {parts[2]}"
+    if summary.get("name"):
+        return summary["name"]
+    return f"{Path(s['model']).name} / {s['sampler'] or 'model'}"
 
 
 def _task_metrics(runs: list[dict[str, Any]]) -> list[str]:
