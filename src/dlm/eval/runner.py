@@ -89,12 +89,14 @@ def _sampler_plan(model, cfg: EvalConfig) -> tuple[str | None, dict[str, Any], l
         prepare_sampler(model, name, options)
         return name, options, [None]
     budgets = list(cfg.budgets or task.budgets_for(model))
-    if "steps" in cfg.options:
-        raise DLMError("--nfe sets the steps; leave out -o steps=...")
     for nfe in budgets:  # every budget is checked before anything runs or is written
         if nfe < 1:
             raise DLMError(f"NFE budgets must be >= 1, got {nfe}")
-        prepare_sampler(model, name, {**options, **cls.options_for_nfe(nfe, options)})
+        budget_options = cls.options_for_nfe(nfe, options)
+        clash = sorted(set(budget_options) & set(cfg.options))
+        if clash:
+            raise DLMError(f"--nfe sets {clash[0]}; leave out -o {clash[0]}=...")
+        prepare_sampler(model, name, {**options, **budget_options})
     return name, options, budgets
 
 
