@@ -37,7 +37,7 @@ from dlm.data.debian import load_split  # noqa: E402
 from dlm.eval.perplexity import causal_nll_per_token, diffusion_nll_per_token, perplexity  # noqa: E402
 from dlm.eval.rouge import rouge  # noqa: E402
 from dlm.provenance import cpu_model, software_versions  # noqa: E402
-from dlm.sampling.batching import answer_ids, left_pad  # noqa: E402
+from dlm.sampling.batching import generate_answers  # noqa: E402
 from dlm.train.data import pack_documents, pretraining_text, summary_prompt  # noqa: E402
 
 
@@ -55,13 +55,12 @@ def summarise(model, rows: list[dict], batch_size: int, **options) -> tuple[list
     seconds, nfes = 0.0, []
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        input_ids, attention_mask = left_pad(model, [prompts[i] for i in idx])
         t0 = time.perf_counter()
-        out = dlm.generate(model, input_ids, attention_mask, return_dict=True, seed=0, **options)
+        out, answers = generate_answers(model, [prompts[i] for i in idx], seed=0, **options)
         seconds += time.perf_counter() - t0
         nfes.append(out.nfe)
-        for row, i in enumerate(idx):
-            preds[i] = model.decode(answer_ids(model, out.generated[row].tolist())).strip()
+        for i, answer in zip(idx, answers):
+            preds[i] = model.decode(answer).strip()
     return preds, seconds, sum(nfes) / len(nfes)
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dlm.errors import DLMError, first_line
-from dlm.sampling.batching import answer_ids, left_pad
+from dlm.sampling.batching import generate_answers
 
 EXIT_USAGE = 2
 
@@ -53,16 +53,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "confidence_eos_eot_inf": True if args.confidence_eos_eot_inf else None,
     }.items() if v is not None}
     options.update(dict(_parse_option(o) for o in args.option or []))
-    input_ids, attention_mask = left_pad(model, prompts)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    out = dlm.generate(model, input_ids, attention_mask, sampler=args.sampler, return_dict=True, seed=args.seed,
-                       progress=progress, output_history=args.history, **options)
+    out, answers = generate_answers(model, prompts, sampler=args.sampler, seed=args.seed, progress=progress,
+                                    output_history=args.history, **options)
     results = []
-    for row in range(len(prompts)):
-        gen = out.generated[row].tolist()
-        answer = answer_ids(model, gen)
+    for row, answer in enumerate(answers):
         text = model.decode(answer) if model.tokenizer is not None else None
-        results.append({"prompt_ids": prompts[row], "ids": gen, "answer_ids": answer, "text": text})
+        results.append({"prompt_ids": prompts[row], "ids": out.generated[row].tolist(), "answer_ids": answer,
+                        "text": text})
     if args.json:
         from dlm.provenance import software_versions
 

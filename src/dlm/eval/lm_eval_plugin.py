@@ -155,10 +155,9 @@ class DLMHarnessModel(LM):
 
     # -- generation ----------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        import dlm
         from tqdm.auto import tqdm
 
-        from dlm.sampling.batching import answer_ids, left_pad
+        from dlm.sampling.batching import generate_answers
 
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
@@ -177,11 +176,10 @@ class DLMHarnessModel(LM):
             members = sorted(members, key=lambda i: len(prompts[i]))
             for start in range(0, len(members), self.batch_size):
                 batch = members[start: start + self.batch_size]
-                input_ids, attention_mask = left_pad(self.model, [prompts[i] for i in batch])
-                out = dlm.generate(self.model, input_ids, attention_mask, sampler=self.sampler, return_dict=True,
-                                   seed=self.seed, **options)
-                for row, i in enumerate(batch):
-                    text = self.model.decode(answer_ids(self.model, out.generated[row].tolist()))
+                _, answers = generate_answers(self.model, [prompts[i] for i in batch], sampler=self.sampler,
+                                              seed=self.seed, **options)
+                for i, answer in zip(batch, answers):
+                    text = self.model.decode(answer)
                     for stop in until:
                         if stop and stop in text:
                             text = text[: text.index(stop)]

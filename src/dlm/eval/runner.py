@@ -218,26 +218,23 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
 
 def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], sampler: str,
                     options: dict[str, Any], budget: int | None, seed: int) -> list[dict[str, Any]]:
-    import dlm
     from dlm.sampling import sampler_class
-    from dlm.sampling.batching import answer_ids, left_pad
+    from dlm.sampling.batching import generate_answers
 
     run_options = dict(options)
     if budget is not None:
         run_options.update(sampler_class(sampler).options_for_nfe(budget, options))
-    input_ids, attention_mask = left_pad(model, [prompts[ex.id] for ex in batch])
-    out = dlm.generate(model, input_ids, attention_mask, sampler=sampler, return_dict=True, seed=seed, **run_options)
+    out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=sampler, seed=seed, **run_options)
+    G = out.generated.shape[1]
     records = []
-    for row, ex in enumerate(batch):
-        gen = out.generated[row].tolist()
-        answer = answer_ids(model, gen)
+    for ex, answer in zip(batch, answers):
         text = model.decode(answer).strip()
         length_ref = ex.fields.get("length_reference", ex.reference)
         ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
         records.append({
             "prompt": ex.prompt, "reference": ex.reference, "output": text, "nfe": out.nfe,
-            "seconds": out.seconds / len(batch), "gen_length": len(gen),
-            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < len(gen), ref_tokens),
+            "seconds": out.seconds / len(batch), "gen_length": G,
+            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens),
         })
     return records
 

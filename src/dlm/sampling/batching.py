@@ -29,3 +29,17 @@ def answer_ids(model, ids: list[int]) -> list[int]:
         if t in stops:
             return ids[:i]
     return ids
+
+
+def generate_answers(model, prompts: list[list[int]], **generate_kwargs):
+    """Left-pad ``prompts``, decode them in one batch and cut each row at its first stop token.
+
+    Returns ``(output, answers)``: the :class:`GenerationOutput` (``return_dict=True``) and, per
+    row, the generated ids before the first EOS / end-of-turn. ``generate_kwargs`` go to
+    :func:`dlm.generate` (sampler, seed, options, ...).
+    """
+    import dlm
+
+    input_ids, attention_mask = left_pad(model, prompts)
+    out = dlm.generate(model, input_ids, attention_mask, return_dict=True, **generate_kwargs)
+    return out, [answer_ids(model, row) for row in out.generated.tolist()]
