@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dlm.errors import DLMError
+from dlm.eval.datafiles import fingerprint, read_records, split_files
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Task:
     # task options a user may set with --task-option KEY=VALUE, with their defaults
     options: ClassVar[dict[str, Any]] = {}
     default_data: ClassVar[str | None] = None  # path relative to the repository root, if the repo ships it
+    accepts_txt: ClassVar[bool] = False  # whether --data may be a plain .txt file
 
     def __init__(self, data: str | Path | None = None, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -81,9 +83,21 @@ class Task:
     def check_budget(self, model, nfe: int) -> None:
         """Reject a budget a scoring task cannot run (generation budgets are checked by the sampler)."""
 
+    def files(self) -> list[Path]:
+        """The data files of the task's split (a ``.txt`` file as it is, where the task reads text)."""
+        if self.accepts_txt and self.data.is_file() and self.data.suffix == ".txt":
+            return [self.data]
+        return split_files(self.data, self.opts.get("split", "test"))
+
+    def records(self) -> tuple[list[Path], list[dict[str, Any]]]:
+        """The split's files and their records."""
+        files = self.files()
+        return files, read_records(files)
+
     def data_settings(self) -> dict[str, Any]:
-        """What identifies the data (path, split, fingerprint), recorded with every result."""
-        return {"data": str(self.data)}
+        """What identifies the data (path, files, fingerprint), recorded with every result."""
+        files = self.files()
+        return {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
 
     def select(self, examples: list[Example], limit: int | None, seed: int, fits=None) -> tuple[list[Example], int]:
         """A seeded shuffle of ``examples``, then the first ``limit`` that ``fits`` (all when None).

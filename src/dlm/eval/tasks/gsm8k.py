@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from dlm.errors import DLMError
-from dlm.eval.datafiles import fingerprint, pick_field, read_records, split_files
+from dlm.eval.datafiles import pick_field
 from dlm.eval.tasks.base import Example, Task
 
 NUMBER = r"-?[$0-9.,]*[0-9]"
@@ -57,12 +57,8 @@ class GSM8K(Task):
     default_budgets = (64, 128, 256)
     options = {"split": "test", "instruction": INSTRUCTION, "max_prompt_tokens": 0}
 
-    def _files(self):
-        return split_files(self.data, self.opts["split"])
-
     def load(self) -> list[Example]:
-        files = self._files()
-        records = read_records(files)
+        files, records = self.records()
         if not records:
             return []
         q = pick_field(records[0], ("question",), "question", str(files[0]))
@@ -70,10 +66,6 @@ class GSM8K(Task):
         instruction = self.opts["instruction"]
         return [Example(str(i), f"{instruction}\n\n{r[q]}" if instruction else r[q], reference_answer(r[a]),
                         {"length_reference": r[a]}) for i, r in enumerate(records)]
-
-    def data_settings(self) -> dict[str, Any]:
-        files = self._files()
-        return {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
 
     def score(self, prediction: str, example: Example) -> dict[str, Any]:
         strict, flexible = extract_strict(prediction), extract_flexible(prediction)

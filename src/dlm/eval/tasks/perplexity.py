@@ -12,13 +12,12 @@ needs exactly one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dlm.errors import DLMError
-from dlm.eval.datafiles import fingerprint, pick_field, read_records, split_files
+from dlm.eval.datafiles import pick_field
 from dlm.eval.perplexity import causal_nll_per_block, diffusion_nll_of_block
 from dlm.eval.tasks.base import Example, Task
 
@@ -29,19 +28,15 @@ class Perplexity(Task):
     kind = "score"
     primary_metric = "perplexity"
     higher_is_better = False
+    accepts_txt = True
     default_budgets = (8, 32)
     options = {"seq_len": 256, "split": "test", "field": ""}  # field: the record field holding the text
 
-    def _files(self) -> list[Path]:
-        if self.data.is_file() and self.data.suffix == ".txt":
-            return [self.data]
-        return split_files(self.data, self.opts["split"])
-
     def _texts(self) -> list[str]:
-        files = self._files()
+        files = self.files()
         if files[0].suffix == ".txt":
             return [files[0].read_text(encoding="utf-8")]
-        records = read_records(files)
+        files, records = self.records()
         names = (self.opts["field"],) if self.opts["field"] else ("text", "content", "document")
         field = pick_field(records[0], names, "text", str(files[0])) if records else "text"
         return [r[field] for r in records]
@@ -62,8 +57,7 @@ class Perplexity(Task):
         return [Example(str(i), fields={"ids": [bos] + b.tolist()}) for i, b in enumerate(blocks)]
 
     def data_settings(self) -> dict[str, Any]:
-        files = self._files()
-        out = {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
+        out = super().data_settings()
         if hasattr(self, "pack_stats"):
             out["packing"] = self.pack_stats
         return out

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from dlm.errors import DLMError
-from dlm.eval.datafiles import fingerprint, read_records, split_files
 from dlm.eval.tasks.base import Example, Task
 
 
@@ -46,6 +45,7 @@ class Repair(Task):
     description = "corruption repair: share of randomly replaced tokens restored (fix) and others kept (clean)"
     kind = "score"
     default_budgets = (1,)
+    accepts_txt = True
     options = {"rates": "10,30,50", "corruption_seed": 42, "low_id": -1, "high_id": -1, "split": "test",
                "field": "text", "max_tokens": 0}
 
@@ -62,18 +62,13 @@ class Repair(Task):
     def primary_metric(self) -> str:  # type: ignore[override]
         return f"fix_{self.rates[0]}"
 
-    def _files(self):
-        if self.data.is_file() and self.data.suffix == ".txt":
-            return [self.data]
-        return split_files(self.data, self.opts["split"])
-
     def load_for(self, model) -> list[Example]:
-        files = self._files()
+        files = self.files()
         if files[0].suffix == ".txt":
-            records = [{"id": i, "text": line} for i, line in
+            records = [{"id": i, self.opts["field"]: line} for i, line in
                        enumerate(files[0].read_text(encoding="utf-8").splitlines()) if line.strip()]
         else:
-            records = read_records(files)
+            files, records = self.records()
         out, field = [], self.opts["field"]
         self.passed_over = 0  # texts under 2 tokens or over max_tokens (recorded)
         for i, r in enumerate(records):
@@ -104,8 +99,7 @@ class Repair(Task):
         return low, high
 
     def data_settings(self) -> dict[str, Any]:
-        files = self._files()
-        out = {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
+        out = super().data_settings()
         if hasattr(self, "id_range"):
             out["replacement_ids"] = list(self.id_range)
             out["texts_passed_over"] = self.passed_over

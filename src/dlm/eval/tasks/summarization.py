@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from dlm.eval.datafiles import fingerprint, pick_field, read_records, split_files
+from dlm.eval.datafiles import pick_field
 from dlm.eval.rouge import ROUGE_TYPES, rouge_per_sample
 from dlm.eval.tasks.base import Example, Task
 
@@ -38,12 +38,8 @@ class SummarizationTask(Task):
         if "gen_length" in cls.__dict__ or "presets" not in cls.__dict__:
             cls.presets = cls._presets()
 
-    def _files(self):
-        return split_files(self.data, self.opts["split"])
-
     def load(self) -> list[Example]:
-        files = self._files()
-        records = read_records(files)
+        files, records = self.records()
         if not records:
             return []
         src = str(files[0])
@@ -62,9 +58,7 @@ class SummarizationTask(Task):
         return f"{self.instruction}\n\n{source}"
 
     def data_settings(self) -> dict[str, Any]:
-        files = self._files()
-        return {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files),
-                "instruction": self.instruction}
+        return {**super().data_settings(), "instruction": self.instruction}
 
     def score(self, prediction: str, example: Example) -> dict[str, Any]:
         return rouge_per_sample([prediction], [example.reference])[0]
