@@ -328,6 +328,8 @@ def test_lm_eval_plugin_rejects_unknown_args():
 
     with pytest.raises(DLMError, match="unknown argument 'stepz'"):
         DLMHarnessModel(pretrained=MODEL, stepz=4)
+    with pytest.raises(DLMError, match="automatic batch sizes"):
+        DLMHarnessModel(pretrained=MODEL, batch_size="auto")
     with pytest.raises(DLMError, match="pass --device cpu"):
         if not __import__("torch").cuda.is_available():
             DLMHarnessModel(pretrained=MODEL, device="cuda:0")

@@ -72,7 +72,9 @@ class DLMHarnessModel(LM):
         if self.mc_num % self.mc_batch_size:
             raise DLMError(f"mc_num ({mc_num}) must be a multiple of mc_batch_size ({mc_batch_size})")
         self.seed = int(seed)
-        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        if str(batch_size).startswith("auto") or max_batch_size is not None:
+            raise DLMError("automatic batch sizes are not supported by the dlm model; give --batch_size N")
+        self.batch_size = int(batch_size)
         self.is_greedy_check = is_greedy_check if isinstance(is_greedy_check, bool) else str(is_greedy_check).lower() == "true"
         self._device = self.model.device
 
