@@ -35,17 +35,17 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
 
 
 def _print_table(summary: dict) -> None:
-    task_metrics = [summary["primary_metric"]] + [k for k in ("rouge2", "rougeL", "exact_match_strict")
-                                                  if k in (summary["results"] or [{}])[0]]
-    cols = task_metrics + ["mean_nfe", "seconds_per_example", "mean_answer_tokens", "share_empty",
-                           "share_premature_stop", "tokens_per_pass"]
+    """The run's metrics per budget: the task's own (as in ``dlm report``) and a few diagnostics."""
+    from dlm.eval.report import format_value, task_metrics
+
+    cols = task_metrics([summary]) + ["mean_nfe", "seconds_per_example", "mean_answer_tokens", "share_empty",
+                                       "share_premature_stop", "tokens_per_pass"]
     cols = [c for c in cols if any(c in r for r in summary["results"])]
     print("| budget | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for r in summary["results"]:
-        cells = [r.get(c) for c in cols]
-        print(f"| {r['budget'] if r['budget'] is not None else '-'} | "
-              + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
+        budget = r["budget"] if r["budget"] is not None else "-"
+        print(f"| {budget} | " + " | ".join(format_value(r.get(c)) for c in cols) + " |")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

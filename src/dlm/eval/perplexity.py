@@ -23,9 +23,10 @@ def diffusion_nll_of_block(model, block: torch.Tensor, mc: int, generator: torch
 
     ``mc`` masked copies go through the model as one batch (``mc`` forward passes of the sequence).
     """
+    mask_id = model.facts.resolve_mask_id()
     seq = block[None].repeat(mc, 1).to(model.device)  # (mc, L)
-    noisy, ratio = stratified_mask(seq, 1, model.facts.resolve_mask_id(), generator)
-    masked = noisy == model.facts.resolve_mask_id()
+    noisy, ratio = stratified_mask(seq, 1, mask_id, generator)
+    masked = noisy == mask_id
     logits = model(noisy).logits  # (mc, L, V)
     ce = F.cross_entropy(logits[masked].float(), seq[masked], reduction="none") / ratio[masked]
     return float(ce.sum()) / mc / (seq.shape[1] - 1)

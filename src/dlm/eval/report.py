@@ -46,7 +46,7 @@ def run_label(summary: dict[str, Any]) -> str:
     return f"{Path(s['model']).name} / {s['sampler'] or 'model'}"
 
 
-def _task_metrics(runs: list[dict[str, Any]]) -> list[str]:
+def task_metrics(runs: list[dict[str, Any]]) -> list[str]:
     primary = runs[0]["primary_metric"]
     keys = [primary]
     for r in runs:
@@ -93,7 +93,7 @@ def plot_task(task: str, runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -102,7 +102,7 @@ def _fmt(v: Any) -> str:
 
 
 def markdown(task: str, runs: list[dict[str, Any]], png: str) -> str:
-    metrics = _task_metrics(runs)
+    metrics = task_metrics(runs)
     cols = [c for c in TABLE_COLUMNS if any(c in row for r in runs for row in r["results"])]
     lines = [f"## {task}", "", f"![{task}]({png})", "",
              "| run | budget | examples | " + " | ".join(metrics + cols) + " |",
@@ -111,7 +111,7 @@ def markdown(task: str, runs: list[dict[str, Any]], png: str) -> str:
         for row in sorted(run["results"], key=lambda r: r["mean_nfe"]):
             budget = row["budget"] if row["budget"] is not None else "-"
             lines.append(f"| {run_label(run)} | {budget} | {row['examples']} | "
-                         + " | ".join(_fmt(row.get(k)) for k in metrics + cols) + " |")
+                         + " | ".join(format_value(row.get(k)) for k in metrics + cols) + " |")
     lines += ["", "Settings:", ""]
     for run in runs:
         s, v, hw = run["settings"], run.get("versions", {}), run.get("hardware", {})
