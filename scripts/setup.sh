@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Create the virtualenv .venv in the repo root and install dlm into it (CPU torch 2.13.0 pinned,
-# plus the test tools and the eval extras: Parquet reading, lm-evaluation-harness).
+# Create the virtualenv .venv in the repo root and install dlm into it (torch 2.13.0 pinned, plus
+# the test tools and the eval extras: Parquet reading, lm-evaluation-harness).
 # Idempotent: a second run with an unchanged pyproject.toml returns at once.
+#
+# Which torch build (DLM_TORCH):
+#   auto (default)  the CPU build on machines without an NVIDIA GPU, PyPI's default build otherwise
+#   cpu             the CPU build from PyTorch's CPU index (about 200 MB instead of several GB of CUDA)
+#   pypi            whatever the configured package index serves (on Linux: the CUDA build)
+# When PyTorch's CPU index cannot be reached, the CPU choice falls back to the configured index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +23,7 @@ if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>
 fi
 
 stamp=.venv/.dlm-installed
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+want="$( (cat pyproject.toml scripts/setup.sh; echo "torch=${DLM_TORCH:-auto}") | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/dlm ]; then
   exit 0
 fi
@@ -31,8 +37,28 @@ pip_install() {
   set -o pipefail
   [ "$status" -eq 0 ] || { echo "setup: pip install $* failed" >&2; exit 1; }
 }
-echo "setup: installing torch 2.13.0 (CPU) and dlm into .venv ..." >&2
-pip_install "torch==2.13.0"
+TORCH_CPU_INDEX="${DLM_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+choice="${DLM_TORCH:-auto}"
+case "$choice" in
+  auto) if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then choice=pypi; else choice=cpu; fi ;;
+  cpu|pypi) ;;
+  *) echo "setup: DLM_TORCH must be auto, cpu or pypi, got '$choice'" >&2; exit 2 ;;
+esac
+if [ "$choice" = cpu ] && ! .venv/bin/python - "$TORCH_CPU_INDEX" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=15).close()
+PY
+then
+  echo "setup: PyTorch's CPU index ($TORCH_CPU_INDEX) cannot be reached; taking torch from the configured index" >&2
+  choice=pypi-fallback
+fi
+echo "setup: installing torch 2.13.0 ($choice build) and dlm into .venv ..." >&2
+if [ "$choice" = cpu ]; then
+  # torch 2.13.0+cpu from the CPU index outranks PyPI's 2.13.0; its dependencies come from PyPI
+  pip_install "torch==2.13.0" --index-url "$TORCH_CPU_INDEX" --extra-index-url https://pypi.org/simple
+else
+  pip_install "torch==2.13.0"
+fi
 pip_install -e ".[test,eval,lm-eval]"
 .venv/bin/python -c "import torch, dlm, pytest; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup: install failed" >&2; exit 1; }

@@ -82,6 +82,43 @@ def test_loglikelihood_validation_and_determinism(tiny_llada):
         dlm.loglikelihood(tiny_llada, [1], [], mc_num=4, batch_size=4)
 
 
+def test_loglikelihood_scores_each_row_of_a_batch(tiny_llada):
+    """A (B, L) batch gives one value per row, each equal to the row scored alone."""
+    kw = dict(mc_num=8, batch_size=4, seed=0)
+    one = dlm.loglikelihood(tiny_llada, [1, 2, 3], [4, 5, 6, 7], **kw)
+    two = dlm.loglikelihood(tiny_llada, torch.tensor([[1, 2, 3]] * 2), torch.tensor([[4, 5, 6, 7]] * 2), **kw)
+    assert two == [one, one]
+    ragged = dlm.loglikelihood(tiny_llada, [[1, 2, 3], [9]], [[4, 5, 6, 7], [8, 8]], **kw)
+    assert ragged[0] == one and ragged[1] == dlm.loglikelihood(tiny_llada, [9], [8, 8], **kw)
+    shared_prompt = dlm.loglikelihood(tiny_llada, [1, 2, 3], [[4, 5, 6, 7], [8, 8]], **kw)
+    assert shared_prompt[0] == one and len(shared_prompt) == 2
+    with pytest.raises(dlm.DLMError, match="2 rows but answer has 3"):
+        dlm.loglikelihood(tiny_llada, [[1], [2]], [[3], [4], [5]], **kw)
+    with pytest.raises(dlm.DLMError, match="empty batch"):
+        dlm.loglikelihood(tiny_llada, torch.empty(0, 3, dtype=torch.long), torch.empty(0, 2, dtype=torch.long), **kw)
+    with pytest.raises(dlm.DLMError, match=r"answer is empty \(row 1\)"):
+        dlm.loglikelihood(tiny_llada, [[1], [2]], [[3], []], **kw)
+
+
+def test_loglikelihood_of_a_causal_lm_is_exact():
+    """Causal LMs are scored exactly (sum of next-token log-probs), the same on every call."""
+    model = dlm.load("tiny-ar")
+    ids = model.encode_prompt("This package provides a Python 3 library for parsing YAML.", chat=False)
+    prompt, answer = ids[:4], ids[4:]
+    a = dlm.loglikelihood(model, prompt, answer)
+    assert a == dlm.loglikelihood(model, prompt, answer)  # no Monte Carlo noise
+    with torch.no_grad():
+        logits = model.net(input_ids=torch.tensor([ids])).logits[0].float()  # (L, V)
+    logp = torch.log_softmax(logits, -1)
+    expected = sum(float(logp[i - 1, ids[i]]) for i in range(4, len(ids)))
+    assert a == pytest.approx(expected, abs=1e-4)
+    assert dlm.loglikelihood(model, [prompt, prompt], [answer, answer[:3]])[0] == pytest.approx(a, abs=1e-5)
+    with pytest.raises(dlm.DLMError, match="cfg_scale"):
+        dlm.loglikelihood(model, prompt, answer, cfg_scale=1.0)
+    with pytest.raises(dlm.DLMError, match="at least one token"):
+        dlm.loglikelihood(model, [], answer)
+
+
 def _docstring_text(modules: list[str]) -> bytes:
     parts = []
     for name in modules:

@@ -1,0 +1,30 @@
+"""Where dlm's shipped files live, resolved the same way by every command.
+
+The shipped models sit inside the package (``dlm/pretrained``); the shipped corpus and tokenizer
+sit in the repository's ``data/`` folder, next to ``src/``. A default path such as
+``data/tokenizer`` always means the shipped copy, whatever the current directory is; a path the
+user types is taken as given (relative to the current directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlm.errors import DLMError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/dlm/paths.py -> the repository
+SHIPPED_DATA = {"debian": "data/debian", "tokenizer": "data/tokenizer"}
+
+
+def shipped_data(name: str) -> Path:
+    """The shipped ``data/debian`` or ``data/tokenizer`` folder; a clear error when this install lacks it."""
+    path = REPO_ROOT / SHIPPED_DATA[name]
+    if not path.exists():
+        raise DLMError(f"the shipped {SHIPPED_DATA[name]} is not part of this installation (looked in {path}); "
+                       f"pass a local copy explicitly")
+    return path
+
+
+def data_path(given: str | Path | None, name: str) -> Path:
+    """``given`` as typed (expanded), or the shipped folder ``name`` when ``given`` is None."""
+    return Path(given).expanduser() if given is not None else shipped_data(name)
