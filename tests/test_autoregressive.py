@@ -73,7 +73,7 @@ def test_sampler_and_model_kind_must_agree(causal_lm, tiny_llada):
 
 
 def test_checkpoint_generation_defaults_apply_and_yield_to_options(tiny_llada):
-    tiny_llada.config["dlm_generation"] = {"gen_length": 8, "not_an_option": 1}
+    tiny_llada.config["dlm_generation"] = {"gen_length": 8, "stop_at_eos": True}  # ar's option: skipped
     try:
         out = dlm.generate(tiny_llada, torch.tensor([[1, 2]]), return_dict=True)
         assert out.options["gen_length"] == 8 and out.options["steps"] == 8
@@ -81,3 +81,30 @@ def test_checkpoint_generation_defaults_apply_and_yield_to_options(tiny_llada):
         assert out.options["gen_length"] == 4
     finally:
         del tiny_llada.config["dlm_generation"]
+
+
+def test_generation_emits_no_deprecation_warnings(causal_lm):
+    """The KV cache goes through transformers' current API: no FutureWarning, no logger warning."""
+    import logging
+    import warnings
+
+    import transformers
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")  # transformers' root logger does not propagate
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    logging.Logger.warning_once.cache_clear()  # warning_once is cached per process
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids, mask = left_pad(causal_lm, [[0, 4, 100, 200], [0, 4, 999]])
+            dlm.generate(causal_lm, ids, mask, gen_length=4, stop_at_eos=False, temperature=1.0, seed=0)
+    finally:
+        logger.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

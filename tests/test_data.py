@@ -2,10 +2,13 @@
 
 import json
 import lzma
+import re
 from pathlib import Path
 
 import pytest
 
+from dlm.cli import main
+from dlm.errors import DLMError
 from dlm.data.debian import build_debian, load_split, name_stem, parse_description, split_of
 from dlm.data.tokenizer import train_bpe
 
@@ -95,7 +98,70 @@ def test_shipped_tokenizer_special_tokens_and_chat_template():
 
 
 def test_train_bpe_rejects_a_vocabulary_too_small_and_learns_merges():
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(DLMError, match="--vocab-size must be at least 263"):
         train_bpe(["abc"], vocab_size=100)
     tok = train_bpe(["hello world"] * 50, vocab_size=300)
     assert len(tok("hello world")["input_ids"]) <= 3
+
+
+def _split(folder: Path, lines: list[bytes], name: str = "train") -> Path:
+    folder.mkdir(exist_ok=True)
+    with lzma.open(folder / f"{name}.jsonl.xz", "wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+    return folder
+
+
+GOOD = json.dumps({"package": "p", "synopsis": "a tool", "description": "It does things."}).encode()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b'{"synopsis": "caf\xe9", "description": "x"}', "line 2 is not valid UTF-8 (byte 0xe9 at column 18)"),
+    (b'{"synopsis": "a",', "line 2 is not valid JSON"),
+    (b'["a list"]', "line 2 is not a JSON object"),
+    (b'{"synopsis": "a"}', "line 2 lacks a string field 'description'"),
+])
+def test_a_damaged_split_names_the_file_and_line(tmp_path, bad, message):
+    folder = _split(tmp_path / "d", [GOOD, bad, GOOD])
+    with pytest.raises(DLMError, match=re.escape(f"{folder / 'train.jsonl.xz'} {message}")):
+        load_split(folder, "train")
+
+
+def test_a_split_that_is_not_xz_is_one_line(tmp_path):
+    (tmp_path / "train.jsonl.xz").write_text(GOOD.decode() + "\n")
+    with pytest.raises(DLMError, match="is not a readable .xz file"):
+        load_split(tmp_path, "train")
+
+
+def test_cli_train_and_tokenizer_on_a_damaged_split_are_one_line(tmp_path, capsys):
+    folder = _split(_split(tmp_path / "d", [GOOD], "validation"), [GOOD, b'{"synopsis": "\xff"}'])
+    assert main(["train", "--out", str(tmp_path / "o"), "--data", str(folder), "--no-progress"]) == 2
+    assert main(["data", "tokenizer", "--data", str(folder), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"dlm: error: {folder / 'train.jsonl.xz'} line 2 is not valid UTF-8 (byte 0xff at column 15)"] * 2
+
+
+def test_cli_tokenizer_vocab_size_too_small_is_one_line(tmp_path, capsys):
+    assert main(["data", "tokenizer", "--vocab-size", "10", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err == "dlm: error: --vocab-size must be at least 263 (256 bytes + 7 special tokens), got 10\n"
+    assert not (tmp_path / "t").exists()
+
+
+def test_cli_tokenizer_paths_are_relative_to_the_current_directory(tmp_path, monkeypatch, capsys):
+    rows = [json.dumps({"synopsis": f"tool {i}", "description": f"Tool {i} does thing {i} well."}).encode()
+            for i in range(50)]
+    _split(tmp_path / "d", rows)
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "tokenizer", "--data", "d", "--out", "tok", "--vocab-size", "300"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"out": "tok", "vocab_size": 300}
+    assert (tmp_path / "tok" / "tokenizer.json").exists()
+
+
+def test_data_command_defaults_are_the_shipped_folders(monkeypatch, tmp_path):
+    from dlm.cli import build_parser
+    from dlm.paths import shipped_data_target
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["data", "tokenizer"])
+    assert (args.data, args.out) == (None, None)  # resolved by dlm.paths, not against the current directory
+    assert shipped_data_target("tokenizer") == TOKENIZER and shipped_data_target("debian") == DATA

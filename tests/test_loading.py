@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dlm
-from dlm.errors import CheckpointError
+from dlm.errors import CheckpointError, DLMError
 from conftest import make_tiny_llada
 
 
@@ -143,3 +143,128 @@ def _edit(d, **fields):
         else:
             cfg[k] = v
     (d / "config.json").write_text(json.dumps(cfg))
+
+
+# -- devices ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, backend", [("mps", "MPS"), ("xpu", "XPU"), ("cuda", "CUDA"), ("cuda:7", "CUDA")])
+def test_unavailable_device_is_one_clear_error(device, backend):
+    from dlm.models.loading import parse_device
+
+    kind = device.split(":")[0]
+    if kind == "mps" and torch.backends.mps.is_available() or kind != "mps" and getattr(torch, kind).is_available():
+        pytest.skip(f"{kind} is available here")
+    with pytest.raises(DLMError, match=f"device '{device}' was requested but {backend}.* not available"):
+        parse_device(device)
+
+
+def test_device_index_past_the_gpus_is_named(monkeypatch):
+    from dlm.models.loading import parse_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DLMError, match=r"'cuda:7' was requested but is not available: .* 1 CUDA device \(cuda:0\)"):
+        parse_device("cuda:7")
+    assert parse_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(DLMError, match="'meta' is not supported"):
+        parse_device("meta")
+
+
+# -- hub ids and the local Hugging Face cache ----------------------------------------------------
+def _fake_hub_cache(root, hub_id, src, rev="0123abcd", with_ref=True):
+    repo = root / ("models--" + hub_id.replace("/", "--"))
+    snap = _copy(src, repo / "snapshots" / rev)
+    if with_ref:
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(rev)
+    return snap
+
+
+def test_hub_id_loads_from_the_local_hf_cache(tiny_llada_tok_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _fake_hub_cache(tmp_path / "hub", "someone/other-model", tiny_llada_tok_dir, rev="ffff")  # not picked
+    snap = _fake_hub_cache(tmp_path / "hub", "GSAI-ML/LLaDA-tiny", tiny_llada_tok_dir)
+    model = dlm.load("GSAI-ML/LLaDA-tiny")
+    assert model.path == str(snap) and model.tokenizer is not None
+
+
+def test_hub_cache_from_hf_home_without_refs(tiny_llada_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    snap = _fake_hub_cache(tmp_path / "hf" / "hub", "org/name", tiny_llada_dir, with_ref=False)
+    assert dlm.load("org/name").path == str(snap)
+
+
+def test_hub_id_not_cached_says_dlm_never_downloads(tiny_llada_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckpointError) as err:
+        dlm.load("GSAI-ML/LLaDA-8B-Instruct")
+    msg = str(err.value)
+    assert "GSAI-ML/LLaDA-8B-Instruct" in msg and "never downloads" in msg and "\n" not in msg
+    assert "download GSAI-ML/LLaDA-8B-Instruct --local-dir DIR" in msg and str(tmp_path / "hub") in msg
+    snap = _fake_hub_cache(tmp_path / "hub", "GSAI-ML/LLaDA-8B-Instruct", tiny_llada_dir)
+    (snap / "model.safetensors").unlink()  # an interrupted download
+    with pytest.raises(CheckpointError, match="has no complete snapshot.*never downloads"):
+        dlm.load("GSAI-ML/LLaDA-8B-Instruct")
+
+
+def test_plain_missing_path_still_names_the_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="model directory does not exist"):
+        dlm.load(tmp_path / "nope")
+
+
+# -- special token ids ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, message", [
+    (dict(mask_token_id=99999), "field 'mask_token_id' 99999 is outside the model's vocabulary [0, 64)"),
+    (dict(eos_token_id=64), "field 'eos_token_id' 64 is outside"),
+    (dict(pad_token_id=70), "field 'pad_token_id' 70 is outside"),
+    (dict(bos_token_id="0"), "field 'bos_token_id' = '0' must be an integer token id"),
+    (dict(eot_token_id=1000), "field 'eot_token_id' 1000 is outside"),
+])
+def test_declared_ids_outside_the_vocabulary_are_errors(tiny_llada_dir, tmp_path, fields, message):
+    d = _copy(tiny_llada_dir, tmp_path / "ckpt")
+    _edit(d, **fields)
+    with pytest.raises(CheckpointError) as err:
+        dlm.load(d)
+    assert str(err.value).startswith(str(d / "config.json")) and message in str(err.value)
+
+
+def test_pad_token_id_minus_one_means_no_padding_token(tiny_llada_dir, tmp_path):
+    """Older LLaMA exports write pad_token_id -1 for "none": no pad id, not an error."""
+    d = _copy(tiny_llada_dir, tmp_path / "ckpt")
+    _edit(d, pad_token_id=-1)
+    assert dlm.load(d).facts.pad_id is None
+
+
+def test_tokenizer_ids_outside_the_vocabulary_are_errors():
+    from types import SimpleNamespace
+
+    from dlm.models.registry import resolve_facts
+
+    tok = SimpleNamespace(mask_token_id=99999, eos_token_id=1, bos_token_id=None, pad_token_id=None,
+                          get_vocab=lambda: {})
+    with pytest.raises(CheckpointError, match="tokenizer: mask_token_id 99999 is outside"):
+        resolve_facts("llama", {}, 64, tok)
+    with pytest.raises(CheckpointError, match=r"config.json: field 'eos_token_id' 64 is outside the model's vocabulary "
+                                              r"\[0, 64\)"):
+        resolve_facts("llama", {"eos_token_id": [2, 64], "mask_token_id": 3}, 64, tok)
+    assert resolve_facts("llama", {"mask_token_id": 3}, 64, tok).mask_id == 3  # config.json wins
+
+
+def test_family_defaults_outside_a_tiny_vocabulary_are_dropped():
+    from dlm.models.registry import resolve_facts
+
+    facts = resolve_facts("llada", {"mask_token_id": 63}, 64)  # LLaDA's defaults: eos 126081, bos 126080...
+    assert facts.mask_id == 63 and facts.eos_ids == () and facts.bos_id is None and facts.eot_id is None
+    assert resolve_facts("llada", {}, 200_000).mask_id == 126336
+
+
+def test_no_mask_id_anywhere_is_still_the_sampler_error():
+    from dlm.models.registry import resolve_facts
+
+    facts = resolve_facts("llama", {"eos_token_id": 2}, 64)
+    with pytest.raises(DLMError, match="has no mask token id"):
+        facts.resolve_mask_id()

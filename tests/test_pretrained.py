@@ -61,3 +61,36 @@ def test_default_model_summarises_a_held_out_description():
     assert out.options["gen_length"] == 32 and out.nfe == 32
     text = model.decode(answer_ids(model, out.generated[0].tolist())).strip()
     assert 1 <= len(text.split()) <= 25 and "\n" not in text
+
+
+def test_configs_record_the_trained_sequence_length():
+    for name in FAMILY:
+        log = json.loads((pretrained_dir() / name / "training_log.json").read_text())
+        assert _training(name)["seq_len"] == log["config"]["seq_len"]
+
+
+@pytest.mark.parametrize("name, sampler, gen_length", [("tiny-ar", "ar", 128), ("tiny-mdm-instruct", "llada", 32)])
+def test_info_by_shipped_name(capsys, name, sampler, gen_length):
+    from dlm.cli import main
+
+    assert main(["info", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == str(pretrained_dir() / name) and info["weight_files"] == ["model.safetensors"]
+    assert info["generation_defaults"]["sampler"] == sampler
+    assert info["generation_defaults"]["gen_length"] == gen_length  # config.json dlm_generation over the default
+    assert info["stored_dtype"] == "bfloat16" and info["loaded_dtype"] == "float32"
+    assert info["max_length"] == 1024 and info["trained_length"] == 256
+    assert main(["info", name]) == 0
+    out = capsys.readouterr().out
+    assert f"sampler={sampler} gen_length={gen_length}" in out and "trained_length" in out
+
+
+def test_info_of_an_uncached_hub_id_is_one_line(capsys, tmp_path, monkeypatch):
+    from dlm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["info", "GSAI-ML/LLaDA-8B-Instruct"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dlm: error: GSAI-ML/LLaDA-8B-Instruct") and "never downloads" in err
+    assert err.count("\n") == 1

@@ -9,6 +9,7 @@ import dlm
 from dlm.sampling.llada import transfer_schedule
 from naive_loop import naive_generate
 from conftest import make_tiny_llada
+from test_autoregressive import causal_lm  # noqa: F401 - a tiny shifted (causal) LM
 
 
 def prompts(batch=3, length=6, seed=0):
@@ -143,3 +144,91 @@ def test_invalid_inputs_are_rejected(tiny_llada):
         dlm.generate(tiny_llada, torch.tensor([[1, 2, 64]]), gen_length=4)
     with pytest.raises(dlm.DLMError, match="padding positions hold the mask token"):
         dlm.generate(tiny_llada, torch.tensor([[63, 2, 3]]), torch.tensor([[0, 1, 1]]), gen_length=4)
+
+
+@pytest.mark.parametrize("input_ids, message", [
+    (torch.empty(0, 5, dtype=torch.long), "no rows"),
+    ([], "input_ids is empty"),
+    ([[1, 2], [3]], "equal-length lists"),
+    ([[1.5, 2.0]], "integer token ids"),
+])
+def test_empty_or_ragged_batches_are_clear_errors(tiny_llada, input_ids, message):
+    with pytest.raises(dlm.DLMError, match=message):
+        dlm.generate(tiny_llada, input_ids, gen_length=4)
+
+
+def test_no_prompts_for_generate_answers():
+    from dlm.sampling.batching import generate_answers
+
+    with pytest.raises(dlm.DLMError, match="no prompts"):
+        generate_answers(make_tiny_llada(), [], gen_length=4)
+
+
+def test_attention_mask_as_lists(tiny_llada):
+    out = dlm.generate(tiny_llada, [61, 5, 6], [0, 1, 1], steps=4, gen_length=4)  # one prompt, lists
+    assert torch.equal(out, dlm.generate(tiny_llada, torch.tensor([[61, 5, 6]]), torch.tensor([[0, 1, 1]]),
+                                         steps=4, gen_length=4))
+
+
+def test_all_padding_row_is_an_empty_prompt_for_unshifted_models(tiny_llada):
+    """left_pad gives an empty prompt an all-zero mask row: unconditional generation for that row,
+    its pads unseen (its logits are those of the empty prompt alone)."""
+    from dlm.sampling.batching import left_pad
+
+    ids, mask = left_pad(tiny_llada, [[5, 9, 14], []])
+    assert mask[1].sum() == 0
+    out = dlm.generate(tiny_llada, ids, mask, steps=4, gen_length=4)
+    assert not (out[:, 3:] == 63).any()
+    canvas = torch.cat([ids, torch.full((2, 4), 63)], 1)
+    padded = tiny_llada(canvas, attention_mask=torch.cat([mask, torch.ones(2, 4, dtype=torch.long)], 1)).logits
+    alone = tiny_llada(torch.full((1, 4), 63)).logits
+    torch.testing.assert_close(padded[1, 3:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_all_padding_row_is_an_error_for_shifted_models(causal_lm):  # noqa: F811
+    ids, mask = torch.tensor([[0, 4, 5], [2, 2, 2]]), torch.tensor([[1, 1, 1], [0, 0, 0]])
+    with pytest.raises(dlm.DLMError, match="row 1 of attention_mask is all zeros.*at least one token"):
+        dlm.generate(causal_lm, ids, mask, gen_length=4)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(cfg_scale=1.0)])
+def test_non_finite_logits_are_an_error_not_an_empty_answer(kw):
+    model = make_tiny_llada(seed=5)
+    with torch.no_grad():
+        model.net.model.transformer.ff_out.weight[7, 0] = float("nan")
+    with pytest.raises(dlm.DLMError, match="NaN/inf logits.*try float32"):
+        dlm.generate(model, prompts(), steps=4, gen_length=4, **kw)
+
+
+def test_checkpoint_defaults_with_an_unknown_key_name_config_json(tiny_llada):
+    tiny_llada.config["dlm_generation"] = {"gen_length": 8, "stepz": 4}
+    try:
+        with pytest.raises(dlm.DLMError, match=r"config.json: dlm_generation has 'stepz', which is no sampler's"):
+            dlm.generate(tiny_llada, prompts(), steps=4)
+        tiny_llada.config["dlm_generation"] = {"max_new_tokens": 8}  # a Hugging Face alias is understood
+        assert dlm.generate(tiny_llada, prompts(), return_dict=True).options["gen_length"] == 8
+    finally:
+        del tiny_llada.config["dlm_generation"]
+
+
+def test_hugging_face_aliases(tiny_llada):
+    out = dlm.generate(tiny_llada, prompts(), max_new_tokens=4, do_sample=False, return_dict=True)
+    assert out.options["gen_length"] == 4 and out.options["temperature"] == 0.0
+    assert torch.equal(out.sequences, dlm.generate(tiny_llada, prompts(), gen_length=4))
+    sampled = dlm.generate(tiny_llada, prompts(), gen_length=4, do_sample=True, temperature=0.5, return_dict=True)
+    assert sampled.options["temperature"] == 0.5
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_new_tokens=4, gen_length=4), "another name for gen_length"),
+    (dict(do_sample=True), r"do_sample=true needs a temperature > 0"),
+    (dict(do_sample=False, temperature=0.7), "do_sample=false means temperature 0"),
+    (dict(do_sample="yes"), "do_sample must be true or false"),
+    (dict(num_beams=4), "beam search"),
+    (dict(top_p=0.9), "top-p"),
+    (dict(top_k=50), "top-k"),
+    (dict(max_length=40), "use gen_length"),
+])
+def test_hugging_face_names_without_an_equivalent_are_refused(tiny_llada, kw, message):
+    with pytest.raises(dlm.DLMError, match=message):
+        dlm.generate(tiny_llada, prompts(), **kw)

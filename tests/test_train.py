@@ -3,6 +3,8 @@
 import json
 import lzma
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 
 import dlm
 from dlm.errors import DLMError
+from dlm.models.default import CHAT_TEMPLATE, pretrained_dir
 from dlm.train.build import ModelSize, new_model
 from dlm.train.objectives import anneal_ratio, annealed_attention_bias, diffusion_loss
 from dlm.train.trainer import Trainer, TrainConfig
@@ -27,6 +30,14 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True)
+
+
+@pytest.fixture(autouse=True)
+def tokenised_cache(tmp_path_factory, monkeypatch):
+    """Tests share one tokenised-data cache of their own, never the user's."""
+    path = tmp_path_factory.getbasetemp() / "dlm-cache"
+    monkeypatch.setenv("DLM_CACHE_DIR", str(path))
+    return path / "tokenized"
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +124,11 @@ def test_family_recipe_end_to_end(tmp_path, data_dir):
     Trainer(ar_sft).train()
 
     m_ar, m_a2d, m_sft = dlm.load(ar.out), dlm.load(a2d.out), dlm.load(sft.out)
+    # base models carry no chat template (they never saw one); SFT from a base --init adds dlm's
+    assert m_ar.tokenizer.chat_template is None and m_a2d.tokenizer.chat_template is None
+    assert not (Path(ar.out) / "chat_template.jinja").exists()
+    assert m_sft.tokenizer.chat_template == CHAT_TEMPLATE == dlm.load(ar_sft.out).tokenizer.chat_template
+    assert m_ar.config["dlm_training"]["seq_len"] == 64 and m_sft.config["dlm_training"]["seq_len"] == 256
     assert m_ar.facts.causal and not m_a2d.facts.causal and m_a2d.facts.shifted and m_a2d.facts.mask_id == 3
     assert m_sft.config["dlm_generation"] == {"gen_length": 32}
     card = (Path(a2d.out) / "README.md").read_text()
@@ -142,7 +158,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_dir):
 
 @pytest.mark.parametrize("arch", ["llada", "llama"])
 def test_gradient_checkpointing_gives_the_same_step(tmp_path, data_dir, arch):
-    kw = dict(objective="mdm", arch=arch, size=TINY, tokenizer=str(TOKENIZER), max_steps=2, eval_every=2)
+    kw = dict(objective="mdm", arch=arch, size=TINY, tokenizer=str(TOKENIZER), max_steps=2, eval_every=2,
+              warmup_steps=1)
     Trainer(_cfg(tmp_path, data_dir, "plain", **kw)).train()
     Trainer(_cfg(tmp_path, data_dir, "ckpt", gradient_checkpointing=True, **kw)).train()
     a, b = dlm.load(tmp_path / "plain"), dlm.load(tmp_path / "ckpt")
@@ -163,6 +180,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
     (dict(objective="nope"), "--objective"),
     (dict(batch_size=0), "--batch_size"),
     (dict(lr=float("nan")), "--lr"),
+    (dict(max_steps=10, warmup_steps=10), "--warmup-steps 10 must be below --max-steps 10"),
+    (dict(warmup_steps=-1), "--warmup-steps must be >= 0"),
+    (dict(init="x"), "--tokenizer is for a new model"),
+    (dict(task="sft", seq_len=32, answer_length=32), "--answer-length 32 leaves no room"),
 ])
 def test_invalid_settings_are_rejected(tmp_path, kw, message):
     cfg = TrainConfig(out=str(tmp_path / "x"), tokenizer=str(TOKENIZER), **kw)
@@ -200,6 +221,11 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data_dir):
     (["--data", "/does/not/exist"], "no train split"),
     (["--init", "/does/not/exist"], "does not exist"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--max-steps", "10", "--warmup-steps", "10"], "--warmup-steps 10 must be below --max-steps 10"),
+    (["--init", "tiny-ar", "--d-model", "64"], "--d-model is for a new model"),
+    (["--seq-len", "100000"], "--seq-len 100000 exceeds the 1024 positions of the new model"),
+    (["--init", "tiny-ar", "--objective", "causal", "--seq-len", "2048"], "exceeds the 1024 positions"),
+    (["--continue-finished"], "holds no finished run to continue"),
 ])
 def test_cli_train_bad_input(capsys, tmp_path, argv, message):
     from dlm.cli import main
@@ -207,3 +233,204 @@ def test_cli_train_bad_input(capsys, tmp_path, argv, message):
     code = main(["train", "--out", str(tmp_path / "o"), "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+# -- output folders: finished runs, continuation, foreign folders ----------------------------------
+def _tiny(tmp_path, data_dir, name="run", **kw):
+    base = dict(objective="causal", arch="llama", size=TINY, tokenizer=str(TOKENIZER))
+    return _cfg(tmp_path, data_dir, name, **{**base, **kw})
+
+
+def test_rerun_of_a_finished_run_does_nothing_and_other_settings_are_refused(tmp_path, data_dir, capsys):
+    assert Trainer(_tiny(tmp_path, data_dir)).train()["finished"]
+    weights = tmp_path / "run" / "model.safetensors"
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns)
+    again = Trainer(_tiny(tmp_path, data_dir, max_minutes=5)).train()  # a budget is not a setting
+    assert again["already_finished"] and again["step"] == 4
+    assert "already holds this finished run (4 steps); nothing to do" in capsys.readouterr().err
+    with pytest.raises(DLMError, match=r"other settings \(--lr 0.001 -> 0.0005\).*--continue-finished"):
+        Trainer(_tiny(tmp_path, data_dir, lr=5e-4))
+    with pytest.raises(DLMError, match=r"--max-steps 4 -> 20"):
+        Trainer(_tiny(tmp_path, data_dir, max_steps=20))
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
+
+
+def test_continue_finished_trains_on_from_the_finished_step(tmp_path, data_dir, capsys):
+    Trainer(_tiny(tmp_path, data_dir)).train()
+    old = dlm.load(tmp_path / "run").net.state_dict()
+    with pytest.raises(DLMError, match=r"settings that define a model cannot change \(--d-model 32 -> 64\)"):
+        Trainer(_tiny(tmp_path, data_dir, max_steps=6, continue_finished=True,
+                      size=ModelSize(d_model=64, n_layers=2, n_heads=2, mlp_hidden=64, max_positions=256)))
+    with pytest.raises(DLMError, match="finished at step 4; --continue-finished trains on to --max-steps"):
+        Trainer(_tiny(tmp_path, data_dir, max_steps=3, lr=5e-4, continue_finished=True))
+    with pytest.raises(DLMError, match=r"--warmup-steps 2 must be below the 2 steps this run trains"):
+        Trainer(_tiny(tmp_path, data_dir, max_steps=6, lr=5e-4, continue_finished=True))
+    result = Trainer(_tiny(tmp_path, data_dir, max_steps=7, lr=5e-4, continue_finished=True)).train()
+    assert result["finished"] and [e["step"] for e in result["log"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert "from step 4 to 7: its weights, a new AdamW state" in capsys.readouterr().err
+    log = json.loads((tmp_path / "run" / "training_log.json").read_text())
+    assert log["previous"]["step"] == 4 and log["previous"]["config"]["lr"] == 1e-3 and log["config"]["lr"] == 5e-4
+    assert log["log"][4]["lr"] == 5e-4 * 0.5  # a new warm-up (2 steps) from step 4
+    model = dlm.load(tmp_path / "run")
+    assert model.config["dlm_training"]["steps"] == 7 and model.config["dlm_training"]["continued_from_step"] == 4
+    assert any(not torch.equal(v, model.net.state_dict()[k]) for k, v in old.items())
+    # the same continuation again is finished too
+    assert Trainer(_tiny(tmp_path, data_dir, max_steps=7, lr=5e-4, continue_finished=True)).train()["already_finished"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("x"), "is a file"),
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("keep me")), r"is not empty \(notes.txt\)"),
+    (lambda p: p.parent.joinpath("blocker").write_text("x"), "cannot write to --out"),
+])
+def test_out_that_is_not_a_run_is_refused_before_any_work(tmp_path, make, message, tokenised_cache):
+    out = tmp_path / "out"
+    make(out)
+    if message.startswith("cannot"):
+        out = tmp_path / "blocker" / "out"  # a folder under a file cannot be created
+    cfg = TrainConfig(out=str(out), data="/does/not/exist", tokenizer=str(TOKENIZER))  # the data is never read
+    with pytest.raises(DLMError, match=message):
+        Trainer(cfg)
+    if out.is_dir():
+        assert (out / "notes.txt").read_text() == "keep me"
+
+
+def _interrupt_at(monkeypatch, at_step: int, how: str):
+    """Ctrl-C during step ``at_step`` (0-based): a SIGINT to this process, or a KeyboardInterrupt raised there."""
+    loss = Trainer._loss
+
+    def hooked(self, batch, step, *args, **kwargs):
+        value = loss(self, batch, step, *args, **kwargs)  # the step's noise is drawn: the RNG moved on
+        if step == at_step and self.trainable.training:
+            if how in ("signal", "sigterm"):
+                os.kill(os.getpid(), signal.SIGINT if how == "signal" else signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
+        return value
+
+    monkeypatch.setattr(Trainer, "_loss", hooked)
+
+
+@pytest.mark.parametrize("how", ["signal", "sigterm", "exception"])
+def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_is_exact(tmp_path, data_dir, monkeypatch, capsys, how):
+    """SIGINT: the step finishes, then a checkpoint; a KeyboardInterrupt mid-step: the last finished step."""
+    kw = dict(objective="mdm", arch="llada", max_steps=5, save_every=10)
+    straight = Trainer(_tiny(tmp_path, data_dir, "straight", **kw)).train()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2, how)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(_tiny(tmp_path, data_dir, "cut", **kw)).train()
+    saved = 2 if how == "exception" else 3
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "dlm_state.json").read_text())
+    assert state["step"] == saved and len(state["log"]) == saved
+    assert f"interrupted at step {saved}/5; checkpoint in" in capsys.readouterr().err
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # the handlers are restored
+    resumed = Trainer(_tiny(tmp_path, data_dir, "cut", **kw)).train()
+    assert resumed["finished"] and [e["step"] for e in resumed["log"]] == [1, 2, 3, 4, 5]
+    assert [e["tokens"] for e in resumed["log"]] == [e["tokens"] for e in straight["log"]]
+    a, b = dlm.load(tmp_path / "straight"), dlm.load(tmp_path / "cut")
+    for (k, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_cli_rerun_and_interrupt_from_another_directory(tmp_path, data_dir, monkeypatch, capsys):
+    """Typed paths are relative to the current directory, defaults (the tokenizer) are the shipped ones."""
+    from dlm.cli import main
+
+    shutil.copytree(data_dir, tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--out", "o", "--data", "d", "--objective", "causal", "--arch", "llama", "--d-model", "32",
+            "--n-layers", "1", "--n-heads", "2", "--mlp-hidden", "64", "--seq-len", "32", "--batch-size", "2",
+            "--max-steps", "3", "--eval-every", "3", "--eval-batches", "1", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert "warms up over 0 step(s), not the default 100" in first.err  # the default, shortened visibly
+    assert (tmp_path / "o" / "config.json").exists()
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert json.loads(again.out) == json.loads(first.out) and "already holds this finished run" in again.err
+    assert main(argv + ["--lr", "5e-4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lr 0.001 -> 0.0005" in err
+    _interrupt_at(monkeypatch, 1, "signal")
+    assert main([*argv[:2], "o2", *argv[3:]]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 2/3" in err and err.rstrip().endswith("dlm: interrupted")
+
+
+def test_default_paths_do_not_depend_on_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(out="o").resolved()
+    assert (cfg.data, cfg.tokenizer) == (str(ROOT / "data" / "debian"), str(TOKENIZER))
+    typed = TrainConfig(out="o", data="mine", tokenizer="~/tok").resolved()
+    assert typed.data == str(tmp_path / "mine") and typed.tokenizer == str(Path.home() / "tok")
+    assert TrainConfig(out="o", init="tiny-ar").resolved().init == "tiny-ar"  # a shipped name stays a name
+
+
+def test_memory_is_checked_before_tokenising(tmp_path, data_dir, tokenised_cache):
+    huge = ModelSize(d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, max_positions=8192)
+    cached = set(tokenised_cache.glob("*")) if tokenised_cache.exists() else set()
+    with pytest.raises(DLMError, match=r"training on 4096 x 8192 tokens per micro-step needs about .* TiB"):
+        Trainer(_tiny(tmp_path, data_dir, size=huge, seq_len=8192, batch_size=4096))
+    assert (set(tokenised_cache.glob("*")) if tokenised_cache.exists() else set()) == cached
+
+
+def test_shipped_base_models_have_no_chat_template():
+    from transformers import AutoTokenizer
+
+    for name in ("tiny-ar", "tiny-a2d", "tiny-mdm", "tiny-ar-instruct", "tiny-a2d-instruct", "tiny-mdm-instruct"):
+        tok = AutoTokenizer.from_pretrained(str(pretrained_dir() / name), local_files_only=True)
+        assert (tok.chat_template is None) == (not name.endswith("-instruct")), name
+
+
+# -- the tokenised-data cache --------------------------------------------------------------------
+def test_tokenised_data_is_cached_and_keyed_by_data_and_tokenizer(tmp_path, data_dir, monkeypatch, capsys):
+    from dlm.data.tokenizer import train_bpe
+
+    monkeypatch.setenv("DLM_CACHE_DIR", str(tmp_path / "cache"))
+    first = Trainer(_tiny(tmp_path, data_dir, "a"))
+    assert "cached" not in capsys.readouterr().err
+    files = list((tmp_path / "cache" / "tokenized").glob("*.safetensors"))
+    assert len(files) == 1
+    second = Trainer(_tiny(tmp_path, data_dir, "b"))
+    assert f"using the tokenised data cached in {files[0]}" in capsys.readouterr().err
+    assert torch.equal(first.train_data, second.train_data) and torch.equal(first.val_data, second.val_data)
+    assert second.data_stats == first.data_stats
+
+    files[0].write_bytes(b"not a safetensors file")  # damaged: rebuilt, same data
+    third = Trainer(_tiny(tmp_path, data_dir, "c"))
+    assert "is unreadable" in capsys.readouterr().err and torch.equal(third.train_data, first.train_data)
+
+    other = tmp_path / "data2"
+    shutil.copytree(data_dir, other)
+    rows = [json.loads(line) for line in lzma.open(other / "train.jsonl.xz", "rt")]
+    rows[0]["synopsis"] = "changed"
+    with lzma.open(other / "train.jsonl.xz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    Trainer(_tiny(tmp_path, other, "d"))
+    assert "cached" not in capsys.readouterr().err
+
+    tok_dir = tmp_path / "tok"
+    train_bpe([r["description"] for r in rows], vocab_size=400).save_pretrained(str(tok_dir))
+    Trainer(_tiny(tmp_path, data_dir, "e", tokenizer=str(tok_dir)))
+    assert "cached" not in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "tokenized").glob("*.safetensors"))) == 3
+
+
+def test_sft_examples_round_trip_through_the_cache_format(tokenizer, data_dir):
+    from dlm.data.debian import load_split
+    from dlm.train.data import from_tensors, sft_examples, to_tensors
+
+    examples, _ = sft_examples(tokenizer, load_split(data_dir, "validation")[:20], 256, 32, diffusion=True)
+    back = from_tensors(to_tensors(examples, "train"), "train")
+    assert [(e.prompt, e.answer) for e in back] == [(e.prompt, e.answer) for e in examples]
+
+
+def test_every_train_option_has_help():
+    from dlm.cli import build_parser
+
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    missing = [a.option_strings for a in train._actions if a.option_strings and not a.help]
+    assert missing == []

@@ -1,4 +1,4 @@
-"""dlm: diffusion language models - loading, sampling, likelihood, training and serving.
+"""dlm: diffusion language models - loading, sampling, likelihood, training and evaluation.
 
     import dlm
     model = dlm.load("path/to/checkpoint")        # or dlm.load() for the shipped default

@@ -10,12 +10,35 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from dlm.errors import DLMError, first_line
 from dlm.sampling.batching import generate_answers
 
 EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``dlm generate: error: ... (see dlm generate --help)``,
+    exit 2, instead of the usage block; subcommands inherit it (``parser_class``)."""
+
+    def error(self, message: str, prog: str | None = None):
+        prog = prog or self.prog
+        self.exit(EXIT_USAGE, f"{prog}: error: {' '.join(message.split())} (see {prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, "_unknown_in"):  # the innermost (sub)command that got them
+            namespace._unknown_in = self.prog
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = vars(namespace).pop("_unknown_in", None)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}", prog)
+        return namespace
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -35,37 +58,151 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key.strip().replace("-", "_"), value
 
 
+# dlm.generate() arguments that are not sampler options: -o cannot set them
+RESERVED_OPTIONS = {
+    "sampler": "use --sampler", "seed": "use --seed (and --seed-per-prompt)", "return_dict": "use --json",
+    "output_history": "use --json --history", "progress": "use --progress / --no-progress",
+    "model": "use --model", "input_ids": "use --prompt, --prompt-ids or --prompts-file",
+    "attention_mask": "the command pads a batch itself",
+}
+
+# sampler options that have their own flag: option name -> flag
+OPTION_FLAGS = {
+    "gen_length": "--gen-length", "steps": "--steps", "block_length": "--block-length",
+    "temperature": "--temperature", "cfg_scale": "--cfg-scale", "remasking": "--remasking", "mask_id": "--mask-id",
+    "logits_eos_inf": "--logits-eos-inf", "confidence_eos_eot_inf": "--confidence-eos-eot-inf",
+}
+
+
+def _generate_options(args: argparse.Namespace) -> dict[str, object]:
+    """Sampler options from the flags and ``-o KEY=VALUE``; a key given twice is an error."""
+    flags = {name: getattr(args, name) for name in OPTION_FLAGS}
+    options = {k: v for k, v in flags.items() if v is not None and v is not False}  # False: switch not given
+    seen: set[str] = set()
+    for text in args.option or []:
+        key, value = _parse_option(text)
+        if key in RESERVED_OPTIONS:
+            raise DLMError(f"-o {key}=... is not a sampler option; {RESERVED_OPTIONS[key]}")
+        if key in seen:
+            raise DLMError(f"-o {key} is given twice")
+        if key in options:
+            raise DLMError(f"-o {key} repeats {OPTION_FLAGS[key]}; give it once")
+        seen.add(key)
+        options[key] = value
+    return options
+
+
+def _utf8_arg(text: str, what: str) -> str:
+    """``text`` from argv; bytes that are not UTF-8 arrive as surrogate escapes (U+DC80..U+DCFF)."""
+    for i, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            raise DLMError(f"{what} is not valid UTF-8 (byte 0x{ord(ch) - 0xdc00:02x} at character {i})")
+    return text
+
+
+def _read_stdin(what: str) -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream that is not backed by bytes (tests, embedding)
+        return sys.stdin.read()
+    data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DLMError(f"{what}: standard input is not valid UTF-8 "
+                       f"(byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def _read_prompts_file(path: str) -> list[tuple[object, str]]:
+    """(id or None, prompt text) per prompt of a ``--prompts-file``: plain text, one prompt per line
+    (blank lines skipped), or JSONL (``.jsonl``) with ``{"prompt": ..., "id": ...}`` per line."""
+    if path == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        name, jsonl = "standard input", False
+    else:
+        name, jsonl = path, path.endswith(".jsonl")
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise DLMError(f"--prompts-file {path} does not exist") from None
+        except OSError as e:
+            raise DLMError(f"--prompts-file {path}: cannot read it ({e.strerror or e})") from None
+    prompts: list[tuple[object, str]] = []
+    ids: set[object] = set()
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as e:
+            raise DLMError(f"{name} line {number} is not valid UTF-8 "
+                           f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append((None, line))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DLMError(f"{name} line {number} is not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise DLMError(f'{name} line {number}: each line must be an object with a string "prompt"')
+        extra = sorted(set(obj) - {"prompt", "id"})
+        if extra:
+            raise DLMError(f'{name} line {number}: unknown key {extra[0]!r} (keys: "prompt", optional "id")')
+        pid = obj.get("id")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+            raise DLMError(f'{name} line {number}: "id" must be a string or an integer, got {pid!r}')
+        if pid is not None and pid in ids:
+            raise DLMError(f"{name} line {number}: id {pid!r} appears twice")
+        ids.add(pid)
+        prompts.append((pid, obj["prompt"]))
+    if not prompts:
+        raise DLMError(f"{name} has no prompts")
+    return prompts
+
+
+def _read_prompts(args: argparse.Namespace) -> list[tuple[object, str]]:
+    """(id or None, text) per prompt of --prompt / --prompts-file; '-' (stdin) at most once."""
+    if args.prompts_file is not None:
+        return _read_prompts_file(args.prompts_file)
+    if args.prompt.count("-") > 1:
+        raise DLMError("--prompt - (standard input) can be given only once")
+    return [(None, _read_stdin("--prompt -") if p == "-" else _utf8_arg(p, f"--prompt #{i + 1}"))
+            for i, p in enumerate(args.prompt)]
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import dlm
 
-    model = dlm.load(args.model, device=args.device, dtype=args.dtype)
-    if args.prompt_ids is not None:
-        prompts = [_parse_ids(p) for p in args.prompt_ids]
+    if args.history and not args.json:
+        raise DLMError("--history needs --json")
+    options = _generate_options(args)
+    if args.prompt_ids is not None:  # (id, text) per prompt, read before the model loads
+        entries, prompts = [(None, None) for _ in args.prompt_ids], [_parse_ids(p) for p in args.prompt_ids]
     else:
+        entries = _read_prompts(args)
+    model = dlm.load(args.model, device=args.device, dtype=args.dtype)
+    if args.prompt_ids is None:
         chat = None if args.chat == "auto" else args.chat == "on"
-        texts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
-        prompts = [model.encode_prompt(t, chat=chat) for t in texts]
-    options = {k: v for k, v in {
-        "gen_length": args.gen_length, "steps": args.steps, "block_length": args.block_length,
-        "temperature": args.temperature, "cfg_scale": args.cfg_scale, "remasking": args.remasking,
-        "mask_id": args.mask_id,
-        "logits_eos_inf": True if args.logits_eos_inf else None,
-        "confidence_eos_eot_inf": True if args.confidence_eos_eot_inf else None,
-    }.items() if v is not None}
-    options.update(dict(_parse_option(o) for o in args.option or []))
+        prompts = [model.encode_prompt(text, chat=chat) for _, text in entries]
+    seeds = [args.seed + i for i in range(len(prompts))] if args.seed_per_prompt else None
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    out, answers = generate_answers(model, prompts, sampler=args.sampler, seed=args.seed, progress=progress,
-                                    output_history=args.history, **options)
+    out, answers = generate_answers(model, prompts, sampler=args.sampler, seed=seeds or args.seed,
+                                    progress=progress, output_history=args.history, **options)
     results = []
-    for row, answer in enumerate(answers):
-        text = model.decode(answer) if model.tokenizer is not None else None
-        results.append({"prompt_ids": prompts[row], "ids": out.generated[row].tolist(), "answer_ids": answer,
-                        "text": text})
+    for row, ((pid, text), answer) in enumerate(zip(entries, answers)):
+        result = {"index": row, **({"id": pid} if pid is not None else {}), "prompt": text,
+                  "prompt_ids": prompts[row], "ids": out.generated[row].tolist(), "answer_ids": answer,
+                  "text": model.decode(answer) if model.tokenizer is not None else None}
+        if seeds:
+            result["seed"] = seeds[row]
+        results.append(result)
     if args.json:
         from dlm.provenance import software_versions
 
         record = {
             "model": args.model or "default", "sampler": out.sampler, "options": out.options, "seed": args.seed,
+            "seed_per_prompt": args.seed_per_prompt,
             "nfe": out.nfe, "seconds": round(out.seconds, 4), "device": str(model.device), "dtype": str(model.dtype),
             "versions": software_versions(),
             "results": results,
@@ -73,25 +210,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.history:
             record["history"] = out.history[:, :, out.prompt_length:].tolist()
         print(json.dumps(record))
-        return 0
-    for r in results:
-        print(r["text"] if r["text"] is not None else " ".join(map(str, r["answer_ids"])))
+    elif args.jsonl:
+        for r in results:
+            line = {k: r[k] for k in ("index", "id", "prompt", "prompt_ids", "text", "answer_ids") if k in r}
+            print(json.dumps({**line, "nfe": out.nfe, "sampler": out.sampler, "seed": r.get("seed", args.seed),
+                              "seed_per_prompt": args.seed_per_prompt}, ensure_ascii=False))
+    else:
+        for r in results:
+            if r["text"] is None:
+                print(" ".join(map(str, r["answer_ids"])))
+            else:  # several answers: one JSON string each, so an answer's newlines stay unambiguous
+                print(r["text"] if len(results) == 1 else json.dumps(r["text"], ensure_ascii=False))
     if args.verbose:
         print(f"[{out.sampler}: {out.nfe} forward passes, {out.seconds:.2f} s]", file=sys.stderr)
     return 0
 
 
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
+                       "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def stored_dtype(files: list[Path], config: dict) -> str | None:
+    """The dtype(s) the weights are stored in: the first safetensors file's header, else config.json's
+    ``torch_dtype`` / ``dtype`` field."""
+    first = next((f for f in files if f.suffix == ".safetensors"), None)
+    if first is not None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(first), "pt") as f:
+                kinds = {f.get_slice(name).get_dtype() for name in f.keys()}
+        except Exception as e:  # noqa: BLE001 - a corrupt file would already have failed to load
+            raise DLMError(f"{first}: cannot read the safetensors header ({first_line(e)})") from None
+        return ", ".join(sorted(_SAFETENSORS_DTYPES.get(k, k) for k in kinds)) or None
+    declared = config.get("torch_dtype") or config.get("dtype")
+    return f"{declared} (config.json)" if declared else None
+
+
 def describe(path: str | None) -> dict:
-    """Facts about a checkpoint directory for ``dlm info``."""
+    """Facts about a checkpoint for ``dlm info``: a directory, a shipped model's name or a hub id
+    in the local Hugging Face cache (``None``: the embedded default)."""
     import dlm
     from dlm.models.registry import FAMILIES
+    from dlm.sampling import default_sampler, model_generation_defaults, sampler_class, sampler_options
 
     model = dlm.load(path)
     facts = model.facts
     info = {
         "path": str(model.path) + ("" if path else " (the embedded default)"),
         "model_type": facts.model_type,
-        "family": FAMILIES[facts.model_type].note,
+        "family": "causal LM (decoded with the ar sampler)" if facts.causal else FAMILIES[facts.model_type].note,
         "architecture": type(model.net).__name__,
         "parameters": model.num_parameters(),
         "vocab_size": facts.vocab_size,
@@ -99,6 +268,8 @@ def describe(path: str | None) -> dict:
         "causal": facts.causal,
         "mask_id": facts.mask_id, "eos_ids": list(facts.eos_ids), "eot_id": facts.eot_id,
         "bos_id": facts.bos_id, "pad_id": facts.pad_id,
+        "max_length": facts.max_length,  # config.json max_position_embeddings / max_sequence_length / n_positions
+        "trained_length": facts.trained_length,  # config.json dlm_training.seq_len
         "tokenizer": type(model.tokenizer).__name__ if model.tokenizer is not None else None,
         "chat_template": bool(getattr(model.tokenizer, "chat_template", None)),
     }
@@ -106,10 +277,14 @@ def describe(path: str | None) -> dict:
                 "n_layer", "max_sequence_length", "max_position_embeddings", "n_positions", "torch_dtype"):
         if key in model.config:
             info[key] = model.config[key]
-    if path is not None:
-        files = sorted(p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin"))
-        info["weight_files"] = [f.name for f in files]
-        info["weight_bytes"] = sum(f.stat().st_size for f in files)
+    sampler = default_sampler(model)
+    info["generation_defaults"] = {"sampler": sampler, **sampler_options(sampler),
+                                   **model_generation_defaults(model, sampler_class(sampler))}
+    files = sorted(p for p in Path(model.path).iterdir() if p.suffix in (".safetensors", ".bin"))
+    info["weight_files"] = [f.name for f in files]
+    info["weight_bytes"] = sum(f.stat().st_size for f in files)
+    info["stored_dtype"] = stored_dtype(files, model.config)
+    info["loaded_dtype"] = str(model.dtype).removeprefix("torch.")
     return info
 
 
@@ -120,6 +295,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         width = max(map(len, info))
         for k, v in info.items():
+            if isinstance(v, dict):
+                v = " ".join(f"{name}={value}" for name, value in v.items())
             print(f"{k:<{width}}  {v}")
     return 0
 
@@ -128,17 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     from dlm import __version__
     from dlm.sampling import SAMPLERS
 
-    p = argparse.ArgumentParser(prog="dlm", description="Diffusion language models: generate, inspect, evaluate.")
+    p = OneLineParser(prog="dlm", description="Diffusion language models: generate, inspect, evaluate.")
     p.add_argument("--version", action="version", version=f"dlm {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     g = sub.add_parser("generate", help="generate text from a prompt",
-                       description="Denoise an answer for each prompt (repeat --prompt for a batch).")
+                       description="Denoise an answer for each prompt (repeat --prompt for a batch, or give "
+                                   "--prompts-file). All prompts run as one batch.",
+                       epilog="Output: the answer text for one prompt; for several prompts one JSON string per "
+                              "line (so answers with newlines stay unambiguous); token ids separated by spaces "
+                              "for models without a tokenizer. --jsonl prints one JSON object per prompt; --json "
+                              "one record for the whole run.")
     g.add_argument("--model", default=None, help="checkpoint directory or shipped model name (default: the embedded default, "
                    "tiny-a2d-instruct)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")
+    src.add_argument("--prompts-file", metavar="FILE",
+                     help="one prompt per line (blank lines skipped); a .jsonl file has one object per line "
+                          "with \"prompt\" and optionally \"id\"; '-' reads plain text from stdin")
     g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
                    help="sampler (default: ar for causal LMs, llada for diffusion models)")
     g.add_argument("--gen-length", type=int, help="tokens to generate (default: the model's answer length, else 128)")
@@ -150,21 +335,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-id", type=int, help="mask token id (default: from the checkpoint)")
     g.add_argument("--logits-eos-inf", action="store_true", help="never predict EOS")
     g.add_argument("--confidence-eos-eot-inf", action="store_true", help="give EOS/EoT predictions zero confidence")
-    g.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="any other sampler option")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="any other sampler option; Hugging Face names: max_new_tokens (= gen_length), "
+                        "do_sample=false (= temperature 0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed (default 0): one generator for the whole batch, as LLaDA's generate.py, "
+                        "so a prompt's sample depends on its batch")
+    g.add_argument("--seed-per-prompt", action="store_true",
+                   help="give prompt i its own generator seeded N + i (N = --seed): its sample no longer "
+                        "depends on the other prompts of the batch")
     g.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
                    help="wrap the prompt in the tokenizer's chat template (auto: when it has one)")
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
     g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")
-    g.add_argument("--json", action="store_true", help="print ids, text, NFE and timing as JSON")
+    out = g.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print ids, text, NFE and timing as one JSON record")
+    out.add_argument("--jsonl", action="store_true",
+                     help="print one JSON object per prompt and line: index, id, prompt, text, answer_ids, nfe, seed")
     g.add_argument("--history", action="store_true", help="with --json: include the canvas after every step")
     g.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     g.add_argument("-v", "--verbose", action="store_true", help="print NFE and time to stderr")
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="describe a checkpoint directory")
-    i.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the embedded default)")
+    i = sub.add_parser("info", help="describe a checkpoint (facts, lengths, dtypes, generation defaults)")
+    i.add_argument("model", nargs="?", default=None,
+                   help="checkpoint directory, shipped model name (e.g. tiny-ar) or a hub id in the local "
+                        "Hugging Face cache (default: the embedded default, tiny-a2d-instruct)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 
@@ -178,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the user as one line (``dlm: warning: ...``), without the source line."""
+    print(f"dlm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:  # everything after it belongs to lm-evaluation-harness' own parser
@@ -187,16 +389,27 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_lm_eval(_args, argv[1:])
         args = None
     else:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+            return 0 if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
         run = args.func
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return run(args)
     except DLMError as e:
         print(f"dlm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dlm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`dlm generate ... | head`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except Exception as e:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if os.environ.get("DLM_DEBUG"):
             raise

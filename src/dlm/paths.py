@@ -28,3 +28,12 @@ def shipped_data(name: str) -> Path:
 def data_path(given: str | Path | None, name: str) -> Path:
     """``given`` as typed (expanded), or the shipped folder ``name`` when ``given`` is None."""
     return Path(given).expanduser() if given is not None else shipped_data(name)
+
+
+def shipped_data_target(name: str) -> Path:
+    """Where ``dlm data build`` / ``dlm data tokenizer`` write by default: the shipped folder ``name``
+    of this source checkout (it may not exist yet); a clear error for an installed package."""
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        raise DLMError(f"this dlm is an installed package, not a source checkout, so it has no {SHIPPED_DATA[name]} "
+                       "to rebuild; pass --out DIR")
+    return REPO_ROOT / SHIPPED_DATA[name]

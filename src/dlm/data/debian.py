@@ -24,7 +24,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from dlm.errors import DLMError
+from dlm.errors import DLMError, first_line
 
 APT_LISTS = Path("/var/lib/apt/lists")
 SPLIT_BUCKETS = 1000  # hash(group) % 1000: [0, 35) test, [35, 70) validation, rest train
@@ -210,10 +210,45 @@ def build_debian(out_dir: str | Path, lists_dir: str | Path = APT_LISTS) -> dict
     return manifest
 
 
-def load_split(data_dir: str | Path, split: str) -> list[dict]:
-    """Records of one split (``train``, ``validation`` or ``test``)."""
+def split_file(data_dir: str | Path, split: str) -> Path:
+    """``data_dir/SPLIT.jsonl.xz``, or a DLMError when it is missing."""
     path = Path(data_dir) / f"{split}.jsonl.xz"
-    if not path.exists():
+    if not path.is_file():
         raise DLMError(f"no {split} split at {path}; build it with `dlm data build`")
-    with lzma.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return path
+
+
+def _record(raw: bytes, path: Path, line: int) -> dict:
+    """One JSONL line as a record with string "synopsis" and "description", or a DLMError naming file and line."""
+    where = f"{path} line {line}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DLMError(f"{where} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DLMError(f"{where} is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DLMError(f"{where} is not a JSON object")
+    for key in ("synopsis", "description"):
+        if not isinstance(record.get(key), str):
+            raise DLMError(f"{where} lacks a string field {key!r}")
+    return record
+
+
+def load_split(data_dir: str | Path, split: str) -> list[dict]:
+    """Records of one split (``train``, ``validation`` or ``test``); a damaged file is a DLMError
+    naming the file and line."""
+    path = split_file(data_dir, split)
+    records = []
+    try:
+        with lzma.open(path, "rb") as f:
+            for line, raw in enumerate(f, 1):
+                if raw.strip():
+                    records.append(_record(raw, path, line))
+    except (lzma.LZMAError, EOFError) as e:
+        raise DLMError(f"{path} is not a readable .xz file ({first_line(e)})") from None
+    except OSError as e:
+        raise DLMError(f"cannot read {path} ({e.strerror or first_line(e)})") from None
+    return records

@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from dlm.errors import DLMError
 from dlm.models.default import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens
 
 
 def wrap_tokenizer(tok):
@@ -24,12 +27,17 @@ def wrap_tokenizer(tok):
     )
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_VOCAB:
+        raise DLMError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), "
+                       f"got {vocab_size}")
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2):
     """Train a byte-level BPE on ``texts`` and return a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -43,6 +51,7 @@ def build_tokenizer(data_dir: str | Path, out_dir: str | Path, vocab_size: int =
     """Train on the train split of the Debian set (synopses and descriptions) and save in HF format."""
     from dlm.data.debian import load_split
 
+    check_vocab_size(vocab_size)
     rows = load_split(data_dir, "train")
     tok = train_bpe((t for r in rows for t in (r["synopsis"], r["description"])), vocab_size=vocab_size)
     tok.save_pretrained(str(out_dir))

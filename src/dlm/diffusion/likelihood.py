@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dlm.diffusion.guidance import guided_logits
 from dlm.errors import DLMError
+from dlm.models.lengths import check_length
 
 
 def stratified_mask(batch: torch.Tensor, prompt_length: int, mask_id: int,
@@ -67,12 +68,15 @@ def _rows(value, name: str) -> tuple[list[torch.Tensor], bool]:
         raise DLMError(f"{name} must be token ids (a list of ints, a 1-D or 2-D tensor, or a list of id lists)") from None
 
 
-def _causal_logprob(model, prompt: torch.Tensor, answer: torch.Tensor) -> float:
-    """Exact log p(answer | prompt) = sum_i log p(answer_i | prompt, answer_<i) under a causal LM."""
+def causal_logprob(model, prompt: torch.Tensor, answer: torch.Tensor) -> tuple[float, bool]:
+    """Exact log p(answer | prompt) = sum_i log p(answer_i | prompt, answer_<i) under a causal LM,
+    and whether greedy decoding would produce ``answer`` (every answer token is the argmax)."""
     ids = torch.cat([prompt, answer])[None].to(model.device)  # (1, P + A)
     P = prompt.numel()
     logits = model.net(input_ids=ids, use_cache=False).logits[0, P - 1: -1].float()  # (A, V): predict answer
-    return float(torch.log_softmax(logits, -1).gather(1, answer.to(model.device)[:, None]).sum())
+    target = answer.to(model.device)
+    logp = torch.log_softmax(logits, -1).gather(1, target[:, None]).sum()
+    return float(logp), bool((logits.argmax(-1) == target).all())
 
 
 def _diffusion_elbo(model, prompt: torch.Tensor, answer: torch.Tensor, mc_num: int, batch_size: int,
@@ -138,13 +142,15 @@ def loglikelihood(model, prompt, answer, *, mc_num: int = 128, batch_size: int =
         ids = torch.cat([p, a])
         if int(ids.max()) >= facts.vocab_size or int(ids.min()) < 0:
             raise DLMError(f"token ids{where} outside the vocabulary [0, {facts.vocab_size})")
+        check_length(model, 1 if facts.causal else batch_size, len(ids),
+                     f"prompt ({p.numel()}) + answer ({a.numel()}){where}")
     was_training = model.training
     model.eval()
     try:
         values = []
         for p, a in zip(prompts, answers):
             if facts.causal:
-                values.append(_causal_logprob(model, p, a))
+                values.append(causal_logprob(model, p, a)[0])
                 continue
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             values.append(_diffusion_elbo(model, p, a, mc_num, batch_size, cfg_scale, mask_id, generator, progress))

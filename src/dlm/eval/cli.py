@@ -9,6 +9,11 @@ from pathlib import Path
 
 from dlm.errors import DLMError
 
+# flags for what is not a sampler option (-o seed=3 is refused with "use --seed")
+EVAL_FLAGS = {"sampler": "--sampler", "seed": "--seed (sampler noise) or --sample-seed (example selection)",
+              "sample_seed": "--sample-seed", "progress": "--progress / --no-progress"}
+TRACE_FLAGS = {"sampler": "--sampler", "seed": "--seed", "chat": "--chat"}
+
 
 def _parse_budgets(text: str | None) -> list[int] | None:
     if text is None:
@@ -23,6 +28,7 @@ def _parse_budgets(text: str | None) -> list[int] | None:
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` items as a dict (values parsed as JSON where they are JSON); a key given twice is refused."""
     from dlm.cli import _parse_option
 
     out = {}
@@ -30,8 +36,27 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
         if "=" not in item:
             raise DLMError(f"{flag} expects KEY=VALUE, got {item!r}")
         key, value = _parse_option(item)
+        if key in out:
+            raise DLMError(f"{flag} {key}=... is given twice; give it once")
         out[key] = value
     return out
+
+
+def sampler_option_values(items: list[str] | None, command: str, flags: dict[str, str]) -> dict[str, object]:
+    """``-o KEY=VALUE`` sampler options; arguments of ``dlm.generate`` that are not sampler options
+    (``sampler``, ``seed``, ``return_dict``, ``output_history``, ...) are refused, naming the flag to use."""
+    import inspect
+
+    from dlm.sampling import generate
+
+    call_args = {p.name for p in inspect.signature(generate).parameters.values() if p.kind != p.VAR_KEYWORD}
+    options = _key_values(items, "-o")
+    for key in options:
+        if key in flags:
+            raise DLMError(f"-o {key}=... is not a sampler option; use {flags[key]}")
+        if key in call_args:
+            raise DLMError(f"-o {key}=... is not a sampler option (dlm {command} sets {key} itself); leave it out")
+    return options
 
 
 def _print_table(summary: dict) -> None:
@@ -50,33 +75,61 @@ def _print_table(summary: dict) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import dlm
+    from dlm.eval.outputs import check_output_dir
     from dlm.eval.runner import EvalConfig, run_eval
     from dlm.eval.tasks import get_task
 
+    # everything that can be checked without the model is checked before it loads
     task = get_task(args.task, args.data, **_key_values(args.task_option, "--task-option"))
     budgets = _parse_budgets(args.nfe)
+    options = sampler_option_values(args.option, "eval", EVAL_FLAGS)
+    out_dir = check_output_dir(args.out)
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
-    cfg = EvalConfig(task=task, model_ref=args.model or "default", out_dir=Path(args.out), sampler=args.sampler,
-                     budgets=budgets, preset=args.preset, options=_key_values(args.option, "--option"),
-                     limit=args.limit, seed=args.seed, batch_size=args.batch_size, name=args.name,
-                     progress=sys.stderr.isatty() if args.progress is None else args.progress,
+    cfg = EvalConfig(task=task, model_arg=args.model, out_dir=out_dir, sampler=args.sampler,
+                     budgets=budgets, preset=args.preset, options=options,
+                     limit=args.limit, seed=args.seed, sample_seed=args.sample_seed, batch_size=args.batch_size,
+                     name=args.name, progress=sys.stderr.isatty() if args.progress is None else args.progress,
                      overwrite=args.overwrite)
     summary = run_eval(model, cfg)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{summary['name']}: {summary['selection']['examples']} examples -> {Path(args.out) / summary['name']}"
+        print(f"{summary['name']}: {summary['selection']['examples']} examples -> {out_dir / summary['name']}"
               ".{samples.jsonl,summary.json}")
         _print_table(summary)
     return 0
 
 
+def describe_task(cls) -> dict:
+    """What ``dlm eval-tasks --json`` says about one task."""
+    from dlm.paths import shipped_data
+
+    data = None
+    if cls.default_data is not None:
+        try:
+            data = str(shipped_data(cls.default_data))
+        except DLMError:  # this installation lacks the shipped copy: --data is needed
+            data = None
+    task = cls(Path("."))  # with its default options; no data is read (some metric names follow the options)
+    return {"name": cls.name, "description": cls.description, "kind": cls.kind,
+            "primary_metric": task.primary_metric, "higher_is_better": cls.higher_is_better,
+            "default_budgets": list(cls.default_budgets), "presets": cls.presets, "options": cls.options,
+            "default_data": data}
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from dlm.eval.tasks import TASKS
 
-    for name, cls in TASKS.items():
-        opts = ", ".join(f"{k}={v}" for k, v in cls.options.items()) or "-"
-        print(f"{name:<14} {cls.description}\n{'':<14} presets: {', '.join(cls.presets)}; options: {opts}")
+    tasks = [describe_task(cls) for cls in TASKS.values()]
+    if args.json:
+        print(json.dumps(tasks))
+        return 0
+    for t in tasks:
+        opts = ", ".join(f"{k}={v!r}" for k, v in t["options"].items()) or "-"
+        presets = "; ".join(f"{name} {json.dumps(p)}" for name, p in t["presets"].items())
+        budgets = ",".join(map(str, t["default_budgets"]))
+        print(f"{t['name']:<14} {t['description']}\n{'':<14} {t['kind']}, budgets {budgets}, data: "
+              f"{t['default_data'] or '--data needed'}\n{'':<14} presets: {presets}\n{'':<14} options: {opts}")
     return 0
 
 
@@ -91,11 +144,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     import dlm
-    from dlm.eval.trace import trace
+    from dlm.eval.outputs import check_output_file
+    from dlm.eval.trace import SUFFIXES, trace
 
+    out = check_output_file(args.out, SUFFIXES, overwrite=args.overwrite)
+    if args.fps <= 0:
+        raise DLMError(f"--fps must be > 0, got {args.fps}")
+    options = sampler_option_values(args.option, "trace", TRACE_FLAGS)
+    for key in ("steps", "gen_length", "block_length", "temperature"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in options:
+            raise DLMError(f"--{key.replace('_', '-')} and -o {key}=... both given; give one")
+        options[key] = value
+    chat = None if args.chat == "auto" else args.chat == "on"
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
-    options = _key_values(args.option, "--option")
-    path = trace(model, args.prompt, Path(args.out), sampler=args.sampler, seed=args.seed, fps=args.fps, **options)
+    path = trace(model, args.prompt, out, sampler=args.sampler, seed=args.seed, fps=args.fps, chat=chat,
+                 overwrite=args.overwrite, **options)
     print(path)
     return 0
 
@@ -126,7 +192,10 @@ def add_parser(sub) -> None:
     e.add_argument("-t", "--task-option", action="append", metavar="KEY=VALUE", help="task option (see dlm eval-tasks)")
     e.add_argument("--limit", type=int, default=None, help="evaluate this many examples (seeded shuffle; default all)")
     e.add_argument("--batch-size", type=int, default=8, help="examples per batch (default 8)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the example selection and the sampler (default 0)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampler noise; each example samples with its own "
+                   "seed derived from it and the example's id (default 0)")
+    e.add_argument("--sample-seed", type=int, default=0, help="seed of the shuffle that selects the examples "
+                   "(default 0)")
     e.add_argument("--out", default="results", help="output directory (default results/)")
     e.add_argument("--name", default=None, help="run name (default: MODEL__TASK__SAMPLER)")
     e.add_argument("--overwrite", action="store_true", help="discard earlier results of this run instead of resuming")
@@ -138,6 +207,8 @@ def add_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("eval-tasks", help="list the evaluation tasks, their presets and options")
+    t.add_argument("--json", action="store_true", help="print every task (kind, budgets, presets, options, data) "
+                   "as JSON")
     t.set_defaults(func=cmd_tasks)
 
     r = sub.add_parser("report", help="plots and a Markdown table from dlm eval results",
@@ -151,10 +222,17 @@ def add_parser(sub) -> None:
                         description="Generate for one prompt and render the canvas after every step.")
     tr.add_argument("--model", default=None, help="checkpoint directory or shipped model name")
     tr.add_argument("--prompt", required=True, help="prompt text")
-    tr.add_argument("--out", required=True, help="output file: .html or .gif")
+    tr.add_argument("--out", required=True, help="output file: .html or .gif (an existing file needs --overwrite)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     tr.add_argument("--sampler", default=None, choices=sorted(SAMPLERS), help="sampler (default: by model kind)")
-    tr.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="sampler option, e.g. steps=16")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--gen-length", type=int, help="tokens to generate (default: the model's answer length, else 128)")
+    tr.add_argument("--steps", type=int, help="denoising steps (default: gen-length)")
+    tr.add_argument("--block-length", type=int, help="semi-autoregressive block length (default: gen-length)")
+    tr.add_argument("--temperature", type=float, help="sampling temperature (default 0 = greedy)")
+    tr.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="any other sampler option")
+    tr.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
+                    help="wrap the prompt in the tokenizer's chat template (auto: when it has one)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tr.add_argument("--fps", type=float, default=2.0, help="GIF frames per second (default 2)")
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--dtype", default=None)

@@ -94,11 +94,18 @@ def pick_field(record: dict, candidates: tuple[str, ...], what: str, source: str
                    f"found {', '.join(sorted(record)) or 'none'})")
 
 
-def fingerprint(files: list[Path]) -> str:
-    """sha256 over the bytes of the data files (recorded with every result)."""
+def fingerprint(files: list[Path]) -> tuple[str, dict[str, str]]:
+    """(sha256 over the bytes of all files in path order, {file: its own sha256}), full hex digests.
+
+    One file's combined digest is its own, so ``sha256sum FILE`` checks it.
+    """
     h = hashlib.sha256()
+    per_file = {}
     for f in sorted(files):
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
+        fh = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:16]
+                fh.update(chunk)
+        per_file[str(f)] = fh.hexdigest()
+    return h.hexdigest(), per_file

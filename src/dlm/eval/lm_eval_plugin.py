@@ -113,16 +113,13 @@ class DLMHarnessModel(LM):
     @torch.no_grad()
     def _score(self, prompt: list[int], answer: list[int]) -> tuple[float, bool]:
         import dlm
+        from dlm.diffusion.likelihood import causal_logprob
 
         if not answer:
             return 0.0, True
         model = self.model
         if model.facts.causal:
-            ids = torch.tensor([prompt + answer], device=model.device)
-            logits = model.net(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1: -1].float()  # (A, V)
-            target = torch.tensor(answer, device=model.device)
-            logp = torch.log_softmax(logits, -1).gather(1, target[:, None]).sum()
-            return float(logp), bool((logits.argmax(-1) == target).all())
+            return causal_logprob(model, torch.tensor(prompt), torch.tensor(answer))
         logp = dlm.loglikelihood(model, prompt, answer, mc_num=self.mc_num, batch_size=self.mc_batch_size,
                                  cfg_scale=self.cfg_scale, seed=self.seed)
         greedy = False

@@ -17,6 +17,9 @@ TABLE_COLUMNS = ("mean_nfe", "seconds_per_example", "tokens_per_second", "tokens
                  "adjacent_repetition", "distinct_2", "share_empty", "share_degenerate", "share_premature_stop")
 
 
+NOT_METRICS = ("budget", "examples", "seconds", "mean_words", "distinct_1", "share_stopped", "sampler_options")
+
+
 def load_summaries(results: Path) -> list[dict[str, Any]]:
     if not results.is_dir():
         raise DLMError(f"{results} is not a directory of dlm eval results")
@@ -52,8 +55,7 @@ def task_metrics(runs: list[dict[str, Any]]) -> list[str]:
     for r in runs:
         for row in r["results"]:
             for k in row:
-                if k not in keys and k not in TABLE_COLUMNS and k not in ("budget", "examples", "seconds", "mean_words",
-                                                                         "distinct_1", "share_stopped"):
+                if k not in keys and k not in TABLE_COLUMNS and k not in NOT_METRICS:
                     keys.append(k)
     return keys
 
@@ -117,7 +119,8 @@ def markdown(task: str, runs: list[dict[str, Any]], png: str) -> str:
         s, v, hw = run["settings"], run.get("versions", {}), run.get("hardware", {})
         data = s.get("data_sha256", "")
         lines.append(f"- **{run_label(run)}** (`{Path(run['_path']).name}`, {run.get('status', '?')}): "
-                     f"model `{s['model']}`, options `{json.dumps(s.get('options', {}))}`, seed {s['seed']}, "
+                     f"model `{s['model']}`, options `{json.dumps(s.get('resolved_options', s.get('options', {})))}`, "
+                     f"seed {s['seed']}{seeds(s)}, "
                      f"data `{s.get('data')}`{f' (sha256 {data})' if data else ''}, "
                      f"{run['selection']['examples']} examples; "
                      + ", ".join(f"{k} {val}" for k, val in v.items())
@@ -126,12 +129,20 @@ def markdown(task: str, runs: list[dict[str, Any]], png: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds(settings: dict[str, Any]) -> str:
+    """The example-selection seed, where the run recorded one apart from the sampler seed."""
+    return f" (examples: sample seed {settings['sample_seed']})" if "sample_seed" in settings else ""
+
+
 def write_report(results: Path, out: Path | None = None) -> list[Path]:
     """Write ``{task}.png`` per task and ``report.md`` into ``out`` (default ``results``)."""
-    out = out or results
+    from dlm.eval.outputs import check_output_dir
+
+    summaries = load_summaries(results)
+    out = check_output_dir(out or results, "--out" if out is not None else "RESULTS")  # before any plotting
     out.mkdir(parents=True, exist_ok=True)
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for summary in load_summaries(results):
+    for summary in summaries:
         by_task.setdefault(summary["settings"]["task"], []).append(summary)
     written, sections = [], ["# dlm eval report", "", f"From `{results}`: {sum(map(len, by_task.values()))} runs.", ""]
     for task, runs in sorted(by_task.items()):

@@ -1,6 +1,7 @@
 """``dlm eval``: run one task at several NFE budgets, write every sample and a summary, resume.
 
-For a run named ``NAME`` (default ``{model}__{task}__{sampler}``, plus ``-{preset}``) the output
+For a run named ``NAME`` (default ``{model}__{task}__{sampler}``, plus ``-{preset}``; the model
+is named by what was loaded - a shipped model's name, else its directory's name) the output
 directory gets
 
     NAME.samples.jsonl   one JSON line per (budget, example), appended batch by batch
@@ -9,12 +10,16 @@ directory gets
 A run that is stopped goes on where it stopped: samples already in the JSONL are not redone, as
 long as the settings match (otherwise the run is refused: use another --out or --name, or
 --overwrite). Budgets may be added, and ``--limit`` grown, between runs: the example selection
-(a seeded shuffle) keeps earlier examples as its prefix.
+(a shuffle seeded with ``sample_seed``) keeps earlier examples as its prefix. Each example samples
+with its own seed derived from ``seed`` and its id, so its output does not depend on the batch it
+ran in. The summary's ``status`` is ``running``, ``complete``, or ``interrupted`` (Ctrl-C or an
+error, with a ``resume`` hint); a run killed outright stays ``running`` and the next run says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -25,29 +30,41 @@ from typing import Any
 
 import torch
 
-from dlm.errors import DLMError
+from dlm.errors import DLMError, first_line
 from dlm.eval.diagnostics import aggregate_diagnostics, sample_diagnostics
 from dlm.eval.tasks.base import Example, Task
 
 # settings that may change between a run and its resumption
-RESUMABLE_CHANGES = ("budgets", "limit", "batch_size")
+RESUMABLE_CHANGES = ("budgets", "limit", "batch_size", "model_requested")
+RESUME_HINT = "rerun the same dlm eval command to continue (samples already written are kept)"
+SEED_SCHEME = "per example: int.from_bytes(sha256(f'{seed}:{id}')[:8]) % 2**31"
 
 
 @dataclass
 class EvalConfig:
     task: Task
-    model_ref: str  # what the user passed (shipped name or directory), recorded
     out_dir: Path
+    model_arg: str | None = None  # what the user typed for --model (None: nothing), recorded as typed
     sampler: str | None = None  # None: the model's default sampler (generation tasks)
     budgets: list[int] | None = None  # None: the task's defaults (or one run for budget-less samplers)
     preset: str = "default"
     options: dict[str, Any] = field(default_factory=dict)  # sampler options over the preset
     limit: int | None = None
-    seed: int = 0
+    seed: int = 0  # sampler noise (each example's own seed derives from it, see example_seed)
+    sample_seed: int = 0  # the shuffle that selects the examples
     batch_size: int = 8
     name: str | None = None
     progress: bool = False
     overwrite: bool = False
+
+
+@dataclass
+class SamplerPlan:
+    sampler: str | None  # None for scoring tasks
+    options: dict[str, Any]  # model defaults + preset + user options, before the budget
+    budgets: list[int | None]
+    resolved: dict[str, Any]  # every validated option that is the same at every budget
+    by_budget: dict[Any, dict[str, Any]]  # per budget, the validated options that depend on it (e.g. steps)
 
 
 def hardware(model) -> dict[str, Any]:
@@ -60,9 +77,32 @@ def hardware(model) -> dict[str, Any]:
     return out
 
 
-def _sampler_plan(model, cfg: EvalConfig) -> tuple[str | None, dict[str, Any], list[int | None]]:
-    """(sampler name, options before the budget, budgets)."""
+def model_identity(model) -> dict[str, Any]:
+    """The loaded model's name (the shipped name, else its directory's name), path and whether it is shipped.
+
+    ``--model tiny-a2d-instruct`` and no ``--model`` load the same files, so they get the same name.
+    """
+    from dlm.models.default import pretrained_dir
+
+    path = Path(model.path).resolve()
+    shipped = path.parent == pretrained_dir().resolve()
+    return {"model": path.name, "model_path": str(path), "model_shipped": shipped}
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """The sampler seed of one example: a stable hash of (``--seed``, example id), below 2**31.
+
+    Each example draws its own noise, so its sample does not depend on its batch (``--batch-size``,
+    resuming) - only on ``--seed`` and its id.
+    """
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**31
+
+
+def _sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
+    """The sampler, its options and budgets; every budget is validated before anything runs or is written."""
     from dlm.sampling import default_sampler, model_generation_defaults, prepare_sampler, sampler_class
+    from dlm.sampling.aliases import resolve_aliases
 
     task = cfg.task
     if task.kind == "score":
@@ -73,31 +113,40 @@ def _sampler_plan(model, cfg: EvalConfig) -> tuple[str | None, dict[str, Any], l
         budgets = list(cfg.budgets or task.budgets_for(model))
         for nfe in budgets:
             task.check_budget(model, nfe)
-        return None, {}, budgets
+        return SamplerPlan(None, {}, budgets, {}, {})
     name = cfg.sampler or default_sampler(model)
     cls = sampler_class(name)
     if cfg.preset not in task.presets:
         raise DLMError(f"task {task.name!r} has no preset {cfg.preset!r} (presets: {', '.join(task.presets)})")
     preset = dict(task.presets[cfg.preset])
+    own = {f.name for f in dataclasses.fields(cls.Options)}
     if cfg.preset == "default":  # the default preset applies where the sampler has the option
-        names = {f.name for f in dataclasses.fields(cls.Options)}
-        preset = {k: v for k, v in preset.items() if k in names}
-    options = {**model_generation_defaults(model, cls), **preset, **cfg.options}
+        preset = {k: v for k, v in preset.items() if k in own}
+    user_options = resolve_aliases(cfg.options, own)  # -o max_new_tokens=N overrides the checkpoint's gen_length
+    options = {**model_generation_defaults(model, cls), **preset, **user_options}
     if not cls.has_step_budget():
         if cfg.budgets:
             cls.options_for_nfe(cfg.budgets[0], options)  # raises the sampler's message
-        prepare_sampler(model, name, options)
-        return name, options, [None]
-    budgets = list(cfg.budgets or task.budgets_for(model))
-    for nfe in budgets:  # every budget is checked before anything runs or is written
-        if nfe < 1:
-            raise DLMError(f"NFE budgets must be >= 1, got {nfe}")
-        budget_options = cls.options_for_nfe(nfe, options)
-        clash = sorted(set(budget_options) & set(cfg.options))
-        if clash:
-            raise DLMError(f"--nfe sets {clash[0]}; leave out -o {clash[0]}=...")
-        prepare_sampler(model, name, {**options, **budget_options})
-    return name, options, budgets
+        budgets: list[int | None] = [None]
+        budget_keys: set[str] = set()
+        resolved = {None: dataclasses.asdict(prepare_sampler(model, name, options).opts)}
+    else:
+        budgets = list(cfg.budgets or task.budgets_for(model))
+        budget_keys, resolved = set(), {}
+        for nfe in budgets:
+            if nfe < 1:
+                raise DLMError(f"NFE budgets must be >= 1, got {nfe}")
+            budget_options = cls.options_for_nfe(nfe, options)
+            clash = sorted(set(budget_options) & set(user_options))
+            if clash:
+                raise DLMError(f"--nfe sets {clash[0]}; leave out -o {clash[0]}=...")
+            budget_keys |= set(budget_options)
+            resolved[nfe] = dataclasses.asdict(prepare_sampler(model, name, {**options, **budget_options}).opts)
+    first = resolved[budgets[0]]
+    common = {k: v for k, v in first.items()
+              if k not in budget_keys and all(r[k] == v for r in resolved.values())}
+    by_budget = {b: {k: v for k, v in r.items() if k not in common} for b, r in resolved.items()}
+    return SamplerPlan(name, options, budgets, common, by_budget)
 
 
 def _read_samples(path: Path) -> list[dict[str, Any]]:
@@ -117,19 +166,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _check_resume(summary_path: Path, settings: dict[str, Any]) -> None:
+def _check_resume(summary_path: Path, settings: dict[str, Any]) -> str | None:
+    """Refuse to resume a run written with other settings; returns the earlier run's status (None: no run)."""
     if not summary_path.exists():
-        return
-    old = json.loads(summary_path.read_text()).get("settings", {})
+        return None
+    try:
+        old_summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:
+        raise DLMError(f"{summary_path} is not JSON; use another --out or --name, or --overwrite") from None
+    old = old_summary.get("settings", {})
     diff = sorted(k for k in set(old) | set(settings) if k not in RESUMABLE_CHANGES and old.get(k) != settings.get(k))
     if diff:
         k = diff[0]
         raise DLMError(f"{summary_path} was written with other settings ({k}: {old.get(k)!r} there, {settings.get(k)!r} "
                        f"now); use another --out or --name, or --overwrite to start again")
+    return old_summary.get("status")
 
 
 def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``model`` on ``cfg.task``; returns the summary (also written to disk)."""
+    from dlm.eval.outputs import check_output_dir
     from dlm.provenance import software_versions
 
     task = cfg.task
@@ -137,7 +193,8 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
         raise DLMError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.limit is not None and cfg.limit < 1:
         raise DLMError(f"--limit must be >= 1, got {cfg.limit}")
-    sampler, options, budgets = _sampler_plan(model, cfg)
+    check_output_dir(cfg.out_dir)
+    plan = _sampler_plan(model, cfg)
     examples = task.load_for(model)
     prompts: dict[str, list[int]] = {}
     fits = None
@@ -147,28 +204,35 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
         def fits(ex: Example) -> bool:
             prompts[ex.id] = model.encode_prompt(ex.prompt)
             return not max_prompt or len(prompts[ex.id]) <= max_prompt
-    selected, skipped = task.select(examples, cfg.limit, cfg.seed, fits)
+    selected, skipped = task.select(examples, cfg.limit, cfg.sample_seed, fits)
     if not selected:
         raise DLMError(f"task {task.name!r}: no examples to evaluate in {task.data}")
     if skipped:
         print(f"dlm eval: passed over {skipped} examples whose prompt exceeds max_prompt_tokens="
               f"{task.opts.get('max_prompt_tokens')} (recorded in the summary)", file=sys.stderr)
 
-    model_tag = Path(cfg.model_ref).name if cfg.model_ref else "default"
-    name = cfg.name or f"{model_tag}__{task.name}__{sampler or 'model'}" + (
+    identity = model_identity(model)
+    name = cfg.name or f"{identity['model']}__{task.name}__{plan.sampler or 'model'}" + (
         f"-{cfg.preset}" if cfg.preset != "default" else "")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     samples_path = cfg.out_dir / f"{name}.samples.jsonl"
     summary_path = cfg.out_dir / f"{name}.summary.json"
-    settings = {**task.settings(), "model": cfg.model_ref or "default", "model_path": str(model.path),
-                "sampler": sampler, "preset": cfg.preset if task.kind == "generate" else None, "options": options,
-                "seed": cfg.seed, "budgets": budgets, "limit": cfg.limit, "batch_size": cfg.batch_size}
+    settings = {**task.settings(), **identity, "model_requested": cfg.model_arg,
+                "sampler": plan.sampler, "preset": cfg.preset if task.kind == "generate" else None,
+                "options": plan.options, "resolved_options": plan.resolved, "seed": cfg.seed,
+                "sampler_seeds": SEED_SCHEME if task.kind == "generate" else None, "sample_seed": cfg.sample_seed,
+                "budgets": plan.budgets, "limit": cfg.limit, "batch_size": cfg.batch_size}
     if cfg.overwrite:
         samples_path.unlink(missing_ok=True)
         summary_path.unlink(missing_ok=True)
-    _check_resume(summary_path, settings)
+    previous = _check_resume(summary_path, settings)
     done = _read_samples(samples_path)
-    done_keys = {(s["budget"], s["id"]) for s in done}
+    if previous == "running":
+        print(f"dlm eval: the previous run of {name} did not finish (its summary still says 'running': it was "
+              f"killed, or another dlm eval is writing it now); resuming it with the {len(done)} samples it wrote",
+              file=sys.stderr)
+    elif previous == "interrupted":
+        print(f"dlm eval: resuming the interrupted run {name} ({len(done)} samples done)", file=sys.stderr)
     summary: dict[str, Any] = {
         "name": name, "settings": settings, "versions": software_versions(), "hardware": hardware(model),
         "selection": {"examples": len(selected), "available": len(examples), "skipped_too_long": skipped},
@@ -179,75 +243,107 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     by_budget: dict[Any, list[dict[str, Any]]] = {}
     for s in done:
         by_budget.setdefault(s["budget"], []).append(s)
-    with open(samples_path, "a", encoding="utf-8") as out:
-        for budget in budgets:
-            todo = [ex for ex in selected if (budget, ex.id) not in done_keys]
-            bar = None
-            if cfg.progress and todo:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(todo), desc=f"{task.name} nfe={budget if budget is not None else '-'}",
-                           unit="ex", file=sys.stderr)
-            if task.kind == "generate":
-                todo.sort(key=lambda ex: len(prompts[ex.id]))  # similar lengths share a batch
-            for start in range(0, len(todo), cfg.batch_size):
-                batch = todo[start: start + cfg.batch_size]
-                if task.kind == "generate":
-                    records = _generate_batch(model, task, batch, prompts, sampler, options, budget, cfg.seed)
-                else:
-                    t0 = time.perf_counter()
-                    records = task.score_batch(model, batch, budget, cfg.seed)
-                    seconds = time.perf_counter() - t0
-                    records = [{"nfe": budget, "seconds": seconds / len(batch), **r} for r in records]
-                for ex, rec in zip(batch, records):
-                    line = {"task": task.name, "budget": budget, "id": ex.id, **rec}
-                    out.write(json.dumps(line) + "\n")
-                    by_budget.setdefault(budget, []).append(line)
-                out.flush()
-                if bar is not None:
-                    bar.update(len(batch))
-            if bar is not None:
-                bar.close()
-            summary["results"] = _results(task, by_budget, selected)
-            _write_json(summary_path, {**summary, "status": "running"})
-    summary["results"] = _results(task, by_budget, selected)
+    done_keys = {(s["budget"], s["id"]) for s in done}
+    try:
+        with open(samples_path, "a", encoding="utf-8") as out:
+            for budget in plan.budgets:
+                todo = [ex for ex in selected if (budget, ex.id) not in done_keys]
+                _run_budget(model, cfg, plan, budget, todo, prompts, out, by_budget)
+                summary["results"] = _results(task, by_budget, selected, plan)
+                _write_json(summary_path, {**summary, "status": "running"})
+    except BaseException as e:  # Ctrl-C or a failure: the summary says so, and how to go on
+        summary["results"] = _results(task, by_budget, selected, plan)
+        reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else first_line(e)
+        _write_json(summary_path, {**summary, "status": "interrupted", "stopped_by": reason, "resume": RESUME_HINT})
+        written = sum(len(v) for v in by_budget.values())
+        print(f"dlm eval: stopped with {written} samples in {samples_path}; {RESUME_HINT}", file=sys.stderr)
+        raise
+    summary["results"] = _results(task, by_budget, selected, plan)
     summary["status"] = "complete"
     _write_json(summary_path, summary)
     return summary
 
 
-def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], sampler: str,
-                    options: dict[str, Any], budget: int | None, seed: int) -> list[dict[str, Any]]:
+def _run_budget(model, cfg: EvalConfig, plan: SamplerPlan, budget: int | None, todo: list[Example],
+                prompts: dict[str, list[int]], out, by_budget: dict[Any, list[dict[str, Any]]]) -> None:
+    """Evaluate ``todo`` at one budget, batch by batch, appending every sample to ``out`` as it is done."""
+    task = cfg.task
+    bar = None
+    if cfg.progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{task.name} nfe={budget if budget is not None else '-'}",
+                   unit="ex", file=sys.stderr)
+    if task.kind == "generate":
+        todo = sorted(todo, key=lambda ex: len(prompts[ex.id]))  # similar lengths share a batch
+    try:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start: start + cfg.batch_size]
+            if task.kind == "generate":
+                records = _generate_batch(model, task, batch, prompts, plan, budget, cfg.seed)
+            else:
+                t0 = time.perf_counter()
+                records = task.score_batch(model, batch, budget, cfg.seed)
+                seconds = time.perf_counter() - t0
+                records = [{"nfe": budget, "seconds": seconds / len(batch), **r} for r in records]
+            for ex, rec in zip(batch, records):
+                line = {"task": task.name, "budget": budget, "id": ex.id, **rec}
+                out.write(json.dumps(line) + "\n")
+                by_budget.setdefault(budget, []).append(line)
+            out.flush()
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], plan: SamplerPlan,
+                    budget: int | None, seed: int) -> list[dict[str, Any]]:
     from dlm.sampling import sampler_class
     from dlm.sampling.batching import generate_answers
 
-    run_options = dict(options)
+    run_options = dict(plan.options)
     if budget is not None:
-        run_options.update(sampler_class(sampler).options_for_nfe(budget, options))
-    out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=sampler, seed=seed, **run_options)
+        run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
+    seeds = [example_seed(seed, ex.id) for ex in batch]  # one generator per row: batch-independent samples
+    out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
+                                    **run_options)
     G = out.generated.shape[1]
     records = []
-    for ex, answer in zip(batch, answers):
+    for ex, answer, ex_seed in zip(batch, answers, seeds):
         text = model.decode(answer).strip()
         length_ref = ex.fields.get("length_reference", ex.reference)
         ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
         records.append({
-            "prompt": ex.prompt, "reference": ex.reference, "output": text, "nfe": out.nfe,
+            "prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": ex_seed, "nfe": out.nfe,
             "seconds": out.seconds / len(batch), "gen_length": G,
             **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens),
         })
     return records
 
 
-def _results(task: Task, by_budget: dict[Any, list[dict[str, Any]]], selected: list[Example]) -> list[dict[str, Any]]:
-    """Metrics per budget over the selected examples - budgets of earlier runs included."""
+def _results(task: Task, by_budget: dict[Any, list[dict[str, Any]]], selected: list[Example],
+             plan: SamplerPlan) -> list[dict[str, Any]]:
+    """Metrics per budget over the selected examples - budgets of earlier runs included - with the
+    sampler options that depend on the budget (``steps``)."""
     ids = {ex.id for ex in selected}
     out = []
     for budget in sorted(by_budget, key=lambda b: (b is None, b or 0)):
         rows = [s for s in by_budget[budget] if s["id"] in ids]
         if rows:
-            out.append({"budget": budget, **aggregate(task, rows)})
+            row: dict[str, Any] = {"budget": budget}
+            if plan.sampler is not None:
+                row["sampler_options"] = plan.by_budget.get(budget) or _budget_options(plan, budget)
+            out.append({**row, **aggregate(task, rows)})
     return out
+
+
+def _budget_options(plan: SamplerPlan, budget: int | None) -> dict[str, Any]:
+    """The budget-dependent options of a budget an earlier run evaluated (not among this run's budgets)."""
+    from dlm.sampling import sampler_class
+
+    return sampler_class(plan.sampler).options_for_nfe(budget, plan.options) if budget is not None else {}
 
 
 def aggregate(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:

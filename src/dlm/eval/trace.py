@@ -18,13 +18,20 @@ import torch
 from dlm.errors import DLMError
 
 MASK_GLYPH = "\u2591"  # light shade
+SUFFIXES = (".html", ".gif")
 
 
-def trajectory(model, prompt: str, sampler: str | None = None, seed: int = 0, **options) -> dict[str, Any]:
-    """Generate with history; returns the frames as token strings and per-cell states."""
+def trajectory(model, prompt: str, sampler: str | None = None, seed: int = 0, chat: bool | None = None,
+               **options) -> dict[str, Any]:
+    """Generate with history; returns the frames as token strings and per-cell states.
+
+    ``chat``: wrap the prompt in the chat template (None: when the tokenizer has one).
+    """
     import dlm
+    from dlm.eval.runner import hardware
+    from dlm.provenance import software_versions
 
-    ids = model.encode_prompt(prompt)
+    ids = model.encode_prompt(prompt, chat=chat)
     out = dlm.generate(model, torch.tensor([ids]), sampler=sampler, seed=seed, output_history=True,
                        return_dict=True, **options)
     hist = out.history[:, 0, out.prompt_length:]  # (S + 1, G)
@@ -46,8 +53,19 @@ def trajectory(model, prompt: str, sampler: str | None = None, seed: int = 0, **
     from dlm.sampling.batching import answer_ids
 
     answer = model.decode(answer_ids(model, final)) if model.tokenizer is not None else None
-    return {"prompt": prompt, "sampler": out.sampler, "options": out.options, "nfe": out.nfe, "seed": seed,
-            "model": str(model.path), "frames": frames, "answer": answer}
+    return {"prompt": prompt, "chat": chat, "sampler": out.sampler, "options": out.options, "nfe": out.nfe,
+            "seed": seed, "model": str(model.path), "versions": software_versions(), "hardware": hardware(model),
+            "frames": frames, "answer": answer}
+
+
+def settings_line(traj: dict[str, Any]) -> str:
+    """Model, sampler, options, seed, versions and hardware of a trace, in one line."""
+    hw = traj["hardware"]
+    chat = {None: "auto", True: "on", False: "off"}[traj["chat"]]
+    return (f"{traj['model']} - sampler {traj['sampler']}, NFE {traj['nfe']}, seed {traj['seed']}, chat {chat}, "
+            f"options {json.dumps(traj['options'])}; "
+            + ", ".join(f"{k} {v}" for k, v in traj["versions"].items())
+            + f"; {hw.get('gpu') or hw.get('cpu')} ({hw['device']}, {hw['dtype']})")
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}
@@ -70,8 +88,7 @@ def render_html(traj: dict[str, Any]) -> str:
         spans = "".join(f'<span class="c {c["state"]}">{html.escape(c["text"])}</span>' for c in cells)
         rows.append(f"<h3>step {i}</h3><div class=row>{spans}</div>")
     js_frames = json.dumps([[{"state": c["state"], "html": html.escape(c["text"])} for c in cells] for cells in frames])
-    meta = html.escape(f"{traj['model']} - sampler {traj['sampler']}, NFE {traj['nfe']}, seed {traj['seed']}, "
-                       f"options {json.dumps(traj['options'])}")
+    meta = html.escape(settings_line(traj))
     return (f"<!doctype html><html><head><meta charset=utf-8><title>dlm trace</title><style>{CSS}</style></head>"
             f"<body><h1>Denoising trajectory</h1><p>{meta}</p><p><b>Prompt:</b> {html.escape(traj['prompt'])}</p>"
             f"<p><b>Answer:</b> {html.escape(traj['answer'] or '')}</p>"
@@ -107,19 +124,21 @@ def render_gif(traj: dict[str, Any], path: Path, fps: float = 2.0, columns: int 
             text = c["text"] if len(c["text"]) <= 11 else c["text"][:10] + "~"
             draw.text((x + 3, y + 3), text, fill=fg, font=font)
         images.append(img)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
+                   comment=settings_line(traj).encode("utf-8"))  # the settings travel with the file
 
 
 def trace(model, prompt: str, out: Path, sampler: str | None = None, seed: int = 0, fps: float = 2.0,
-          **options) -> Path:
-    suffix = out.suffix.lower()
-    if suffix not in (".html", ".gif"):
-        raise DLMError(f"--out must end in .html or .gif, got {out.name!r}")
+          chat: bool | None = None, overwrite: bool = False, **options) -> Path:
+    """Render the trajectory of ``prompt`` to ``out`` (.html or .gif); an existing file only with ``overwrite``."""
+    from dlm.eval.outputs import check_output_file
+
+    out = check_output_file(out, SUFFIXES, overwrite=overwrite)  # before the generation, not after
     if fps <= 0:
         raise DLMError(f"--fps must be > 0, got {fps}")
-    traj = trajectory(model, prompt, sampler=sampler, seed=seed, **options)
+    traj = trajectory(model, prompt, sampler=sampler, seed=seed, chat=chat, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".html":
+    if out.suffix.lower() == ".html":
         out.write_text(render_html(traj), encoding="utf-8")
     else:
         render_gif(traj, out, fps=fps)

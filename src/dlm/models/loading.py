@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from dlm.errors import CheckpointError, DLMError, first_line
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
+from dlm.models.locate import resolve_model_path
 from dlm.models.registry import FAMILIES, resolve_facts
 
 _DTYPES = {
@@ -39,13 +40,34 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     return _DTYPES[dtype]
 
 
+_BACKENDS = {"cuda": "CUDA", "mps": "MPS (Apple Metal)", "xpu": "XPU (Intel GPU)"}
+
+
 def parse_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists on this machine; anything else is a one-line DLMError."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise DLMError(f"unknown device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DLMError(f"device {device!r} was requested but CUDA is not available on this machine")
+        raise DLMError(f"unknown device {device!r}: {first_line(e)}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.mps, torch.xpu, a plugin's module...
+    if dev.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:
+        is_available = getattr(backend, "is_available", None)
+        if is_available is None:
+            raise DLMError(f"device {str(device)!r} is not supported (use cpu, cuda, mps or xpu)")
+        available = bool(is_available())
+    name = _BACKENDS.get(dev.type, dev.type)
+    if not available:
+        raise DLMError(f"device {str(device)!r} was requested but {name} is not available on this machine")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        n = count()
+        valid = f"{dev.type}:0" if n == 1 else f"{dev.type}:0 to {dev.type}:{n - 1}"
+        raise DLMError(f"device {str(device)!r} was requested but is not available: this machine has {n} {name} "
+                       f"device{'s' if n != 1 else ''} ({valid})")
     return dev
 
 
@@ -227,16 +249,15 @@ def _load_tokenizer(path: Path) -> Any:
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",
          dtype: str | torch.dtype | None = None) -> DiffusionLM:
     """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default;
-    a shipped model's name such as ``"tiny-a2d"`` also works)."""
+    a shipped model's name such as ``"tiny-a2d"`` also works, and so does a hub id such as
+    ``"GSAI-ML/LLaDA-8B-Instruct"`` that is in the local Hugging Face cache: ``model.path`` is then
+    the snapshot directory). Nothing is ever downloaded."""
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype, dev)
-    from dlm.models.default import default_path, pretrained_dir, shipped_models
+    from dlm.models.default import default_path
 
-    if path is None:
-        path = default_path()
-    elif not Path(path).expanduser().exists() and str(path) in shipped_models():
-        path = pretrained_dir() / str(path)  # a shipped model by name, e.g. "tiny-ar"
-    path = Path(path).expanduser()
+    # a directory, a shipped model's name ("tiny-ar") or a hub id found in the local HF cache
+    path = default_path() if path is None else resolve_model_path(path)
     cfg = read_config(path)
     family = FAMILIES[cfg["model_type"]]
     tensors, origin = read_state_dict(path)
@@ -245,7 +266,7 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     del tensors
     tokenizer = _load_tokenizer(path)
     vocab = net.config.padded_vocab_size if isinstance(net, LLaDAModelLM) else net.get_output_embeddings().weight.shape[0]
-    facts = resolve_facts(cfg["model_type"], cfg, vocab, tokenizer)
+    facts = resolve_facts(cfg["model_type"], cfg, vocab, tokenizer, source=str(path / "config.json"))
     model = DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path)
     return model.to(device=dev, dtype=torch_dtype).eval()
 

@@ -1,4 +1,4 @@
-"""The registry of model facts every sampler reads: mask id, EOS ids, shifted or not.
+"""The registry of model facts every sampler reads: mask id, EOS ids, shifted or not, lengths.
 
 Each supported ``model_type`` has a :class:`Family` entry with defaults from its published
 checkpoints; a checkpoint's own ``config.json`` and tokenizer override them.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlm.errors import DLMError
+from dlm.errors import CheckpointError, DLMError
+from dlm.validation import type_problem
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class ModelFacts:
     bos_id: int | None = None
     pad_id: int | None = None
     max_positions: int | None = None  # hard length limit (learned absolute positions), None = none
+    max_length: int | None = None  # longest canvas config.json declares (max_position_embeddings, ...)
+    max_length_field: str | None = None  # the config.json field max_length came from
+    trained_length: int | None = None  # sequence length of training (config.json dlm_training.seq_len)
     causal: bool = False  # a plain causal LM (config ``dlm_objective: causal``): only the ``ar`` sampler applies
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,51 +79,103 @@ class ModelFacts:
         return tuple(ids)
 
 
-def _as_ids(value: Any) -> tuple[int, ...]:
+_LENGTH_FIELDS = ("max_position_embeddings", "max_sequence_length", "n_positions")
+
+
+def _is_int(value: Any) -> bool:
+    return type_problem(value, "int") is None
+
+
+def _declared_ids(value: Any, field_name: str, source: str) -> tuple[int, ...]:
+    """An id field of config.json / the tokenizer as a tuple (``eos_token_id`` may be a list)."""
+    if value is None or (field_name == "pad_token_id" and _is_int(value) and value < 0):
+        return ()  # older LLaMA exports write pad_token_id -1 for "no padding token"
+    many = isinstance(value, (list, tuple)) and field_name == "eos_token_id"  # only EOS may be several ids
+    values = value if many else [value]
+    for v in values:
+        if not _is_int(v):
+            raise CheckpointError(f"{source}: field '{field_name}' = {value!r} must be an integer token id")
+    return tuple(int(v) for v in values)
+
+
+def _positive_int(config: dict[str, Any], key: str, source: str) -> int | None:
+    value = config.get(key)
     if value is None:
-        return ()
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
+        return None
+    if not _is_int(value) or value <= 0:
+        raise CheckpointError(f"{source}: field '{key}' = {value!r} must be a positive integer")
+    return int(value)
 
 
-def resolve_facts(model_type: str, config: dict[str, Any], vocab_size: int, tokenizer: Any = None) -> ModelFacts:
+def declared_lengths(config: dict[str, Any], model_type: str,
+                     source: str = "config.json") -> tuple[int | None, str | None, int | None]:
+    """(max_length, the config field it came from, trained_length) as ``config.json`` declares them.
+
+    The maximum is ``max_position_embeddings`` / ``max_sequence_length`` / ``n_positions`` (GPT-2's
+    learned positions); the trained length is ``dlm_training.seq_len`` (written by ``dlm train``).
+    """
+    max_length, field_name = None, None
+    keys = ("n_positions",) if model_type == "gpt2" else _LENGTH_FIELDS
+    for key in keys:
+        value = _positive_int(config, key, source)
+        if value is not None:
+            max_length, field_name = value, key
+            break
+    training = config.get("dlm_training")
+    trained = _positive_int(training, "seq_len", f"{source} dlm_training") if isinstance(training, dict) else None
+    return max_length, field_name, trained
+
+
+def resolve_facts(model_type: str, config: dict[str, Any], vocab_size: int, tokenizer: Any = None,
+                  source: str = "config.json") -> ModelFacts:
     """Merge family defaults, ``config.json`` fields and the tokenizer's special tokens.
 
-    Precedence: config.json > tokenizer > family default. Ids outside the vocabulary are dropped
-    from the facts (a tiny model with a small vocabulary has no token 126081).
+    Precedence: config.json > tokenizer > family default. An id that config.json (``source``) or the
+    tokenizer declares must lie in the vocabulary [0, vocab_size): anything else is a CheckpointError.
+    Only family defaults outside the vocabulary are dropped (a tiny LLaDA has no token 126081).
     """
     fam = FAMILIES[model_type]
 
-    def pick(config_key: str, tok_attr: str | None, default: Any) -> Any:
+    def checked(ids: tuple[int, ...], field_name: str, origin: str) -> tuple[int, ...]:
+        for i in ids:
+            if not 0 <= i < vocab_size:
+                raise CheckpointError(f"{origin}: {field_name} {i} is outside the model's vocabulary "
+                                      f"[0, {vocab_size})")
+        return ids
+
+    def pick(config_key: str, tok_attr: str | None, default: Any) -> tuple[int, ...]:
         if config.get(config_key) is not None:
-            return config[config_key]
-        if tokenizer is not None and tok_attr and getattr(tokenizer, tok_attr, None) is not None:
-            return getattr(tokenizer, tok_attr)
-        return default
+            return checked(_declared_ids(config[config_key], config_key, source), f"field '{config_key}'", source)
+        tok_value = getattr(tokenizer, tok_attr, None) if tokenizer is not None and tok_attr else None
+        if tok_value is not None:
+            return checked(_declared_ids(tok_value, tok_attr, "tokenizer"), tok_attr, "tokenizer")
+        return tuple(i for i in _declared_ids(default, config_key, "family default") if 0 <= i < vocab_size)
 
-    def in_vocab(i: int | None) -> int | None:
-        return i if i is not None and 0 <= i < vocab_size else None
+    def one(ids: tuple[int, ...]) -> int | None:
+        return ids[0] if ids else None
 
-    mask_id = pick("mask_token_id", "mask_token_id", fam.mask_id)
-    eos_ids = _as_ids(pick("eos_token_id", "eos_token_id", fam.eos_ids))
-    eot_id = config.get("eot_token_id", fam.eot_id)
-    if tokenizer is not None and eot_id is None:
-        for name in ("<|eot_id|>", "<|im_end|>", "<|end|>"):
-            tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
-            if tid is not None:
-                eot_id = tid
-                break
+    eot = pick("eot_token_id", None, None)
+    if not eot and tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        names = [n for n in ("<|eot_id|>", "<|im_end|>", "<|end|>") if n in vocab]
+        if names:
+            eot = checked((int(vocab[names[0]]),), f"end-of-turn token {names[0]}", "tokenizer")
+    if not eot:
+        eot = pick("eot_token_id", None, fam.eot_id)
+    max_length, length_field, trained = declared_lengths(config, model_type, source)
     return ModelFacts(
         model_type=model_type,
         shifted=fam.shifted,
         vocab_size=vocab_size,
-        mask_id=in_vocab(mask_id),
-        eos_ids=tuple(i for i in eos_ids if in_vocab(i) is not None),
-        eot_id=in_vocab(eot_id),
-        bos_id=in_vocab(pick("bos_token_id", "bos_token_id", fam.bos_id)),
-        pad_id=in_vocab(pick("pad_token_id", "pad_token_id", fam.pad_id)),
-        # GPT-2 has learned absolute position embeddings: longer inputs cannot run. RoPE models can.
-        max_positions=config.get("n_positions") if model_type == "gpt2" else None,
+        mask_id=one(pick("mask_token_id", "mask_token_id", fam.mask_id)),
+        eos_ids=pick("eos_token_id", "eos_token_id", fam.eos_ids),
+        eot_id=one(eot),
+        bos_id=one(pick("bos_token_id", "bos_token_id", fam.bos_id)),
+        pad_id=one(pick("pad_token_id", "pad_token_id", fam.pad_id)),
+        # GPT-2 has learned absolute position embeddings: longer inputs cannot run.
+        max_positions=max_length if model_type == "gpt2" else None,
+        max_length=max_length,
+        max_length_field=length_field,
+        trained_length=trained,
         causal=config.get("dlm_objective") == "causal",
     )

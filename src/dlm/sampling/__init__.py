@@ -9,7 +9,9 @@ import time
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, parse_options
+from dlm.models.lengths import check_length
+from dlm.sampling.aliases import resolve_aliases
+from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, make_generators, parse_options
 from dlm.sampling.autoregressive import ARSampler
 from dlm.sampling.llada import LLaDASampler
 
@@ -32,15 +34,33 @@ def default_sampler(model) -> str:
     return "ar" if model.facts.causal else "llada"
 
 
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        tensor = torch.as_tensor(value)  # (dtype checked by the caller: floats are not token ids)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise DLMError(f"{name} must be a tensor or a list of equal-length lists of token ids "
+                       "(left-pad a ragged batch: dlm.sampling.batching.left_pad)") from None
+    return tensor.long() if tensor.numel() == 0 else tensor  # [] is float32 to torch
+
+
 def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not isinstance(input_ids, torch.Tensor):
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    input_ids = _as_tensor(input_ids, "input_ids")
+    if attention_mask is not None:
+        attention_mask = _as_tensor(attention_mask, "attention_mask")
     if input_ids.dim() == 1:
+        if input_ids.numel() == 0:
+            raise DLMError("input_ids is empty: pass a batch of prompts (for unconditional generation, "
+                           "one empty prompt of shape (1, 0))")
         input_ids = input_ids[None]
         if attention_mask is not None and attention_mask.dim() == 1:
             attention_mask = attention_mask[None]
     if input_ids.dim() != 2:
         raise DLMError(f"input_ids must have shape (batch, prompt_length), got {tuple(input_ids.shape)}")
+    if input_ids.shape[0] == 0:
+        raise DLMError(f"input_ids has no rows (an empty batch, shape {tuple(input_ids.shape)}); "
+                       "pass at least one prompt")
     if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
         raise DLMError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
     input_ids = input_ids.long()
@@ -50,7 +70,6 @@ def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch
     if model.facts.shifted and input_ids.shape[1] == 0:
         raise DLMError("this model is shifted (AR-adapted): the prompt needs at least one token (e.g. BOS)")
     if attention_mask is not None:
-        attention_mask = torch.as_tensor(attention_mask)
         if attention_mask.shape != input_ids.shape:
             raise DLMError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
@@ -60,6 +79,12 @@ def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch
                            "(set tokenizer.padding_side = 'left')")
         if bool((input_ids[attention_mask == 0] == mask_id).any()):
             raise DLMError(f"padding positions hold the mask token {mask_id}; pad with another id (e.g. EOS)")
+        # A row of padding only is an empty prompt: unconditional generation for an unshifted
+        # model (as a (1, 0) prompt alone, which left_pad produces for a batch of empty prompts).
+        empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+        if empty and model.facts.shifted:
+            raise DLMError(f"row {empty[0]} of attention_mask is all zeros (no prompt token); this model is "
+                           "shifted (AR-adapted): every prompt needs at least one token (e.g. BOS)")
         attention_mask = attention_mask.to(device=model.device, dtype=torch.long)
     if model.facts.shifted and input_ids.shape[1]:
         first_real = ((attention_mask.to(input_ids.device) == 0).sum(1) if attention_mask is not None
@@ -73,20 +98,39 @@ def _check_inputs(model, input_ids, attention_mask, mask_id: int) -> tuple[torch
 
 def model_generation_defaults(model, cls: type[Sampler]) -> dict[str, object]:
     """Option defaults a checkpoint declares (config.json ``dlm_generation``, e.g. the answer
-    length it was fine-tuned on) that ``cls`` accepts; explicit options override them."""
+    length it was fine-tuned on) that ``cls`` accepts; explicit options override them.
+
+    A key no sampler knows (nor a Hugging Face alias, see :mod:`dlm.sampling.aliases`) is an
+    error naming config.json; a key only another sampler knows (``steps`` when decoding with
+    ``ar``) is skipped, since the defaults serve every sampler.
+    """
     defaults = (getattr(model, "config", None) or {}).get("dlm_generation") or {}
+    where = f"{model.path}/config.json" if getattr(model, "path", None) else "config.json"
+    if not isinstance(defaults, dict):
+        raise DLMError(f"{where}: dlm_generation must be an object of sampler options, got {defaults!r}")
+    known = set().union(*(sampler_options(name) for name in SAMPLERS))
     names = {f.name for f in dataclasses.fields(cls.Options)}
+    try:
+        defaults = resolve_aliases(defaults, names)
+    except DLMError as e:
+        raise DLMError(f"{where}: dlm_generation: {e}") from None
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise DLMError(f"{where}: dlm_generation has {unknown[0]!r}, which is no sampler's option "
+                       f"(options: {', '.join(sorted(known))})")
     return {k: v for k, v in defaults.items() if k in names}
 
 
 def prepare_sampler(model, sampler: str, options: dict) -> Sampler:
     """The sampler ``sampler`` with ``options`` (over the checkpoint's defaults), validated for
-    ``model``: wrong model kind, unknown or mistyped options and invalid combinations raise."""
+    ``model``: wrong model kind, unknown or mistyped options and invalid combinations raise.
+    Hugging Face option names are translated or refused first (:mod:`dlm.sampling.aliases`)."""
     cls = sampler_class(sampler)
     if model.facts.causal and not cls.for_causal_models:
         raise DLMError(f"{model.path or 'this model'} is a causal (autoregressive) LM; decode it with sampler='ar'")
     if cls.for_causal_models and not model.facts.causal:
         raise DLMError(f"sampler {sampler!r} decodes causal LMs only; {model.path or 'this model'} is a diffusion model")
+    options = resolve_aliases(options, {f.name for f in dataclasses.fields(cls.Options)})
     opts = parse_options(cls.Options, sampler, {**model_generation_defaults(model, cls), **options})
     smp = cls(opts)
     if hasattr(opts, "mask_id"):
@@ -97,13 +141,28 @@ def prepare_sampler(model, sampler: str, options: dict) -> Sampler:
 
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, sampler: str | None = None, return_dict: bool = False,
-             output_history: bool = False, progress: bool = False, seed: int | None = None, **options):
+             output_history: bool = False, progress: bool = False, seed: int | list[int] | None = None,
+             **options):
     """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
 
     Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history)
-    with ``return_dict=True``. ``seed`` makes the run reproducible with its own generator; without
-    it the global torch RNG is used (``torch.manual_seed`` before the call reproduces it).
-    ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for diffusion models.
+    with ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
+    diffusion models. ``options`` are the sampler's; Hugging Face names are translated
+    (``max_new_tokens`` -> ``gen_length``, ``do_sample=False`` -> ``temperature=0``) or refused.
+
+    Random draws (temperature > 0, ``remasking="random"``) depend on ``seed``:
+
+    * ``None``: the global torch RNG (``torch.manual_seed(s)`` before the call reproduces it);
+    * an int: one generator for the whole batch. Noise is drawn for the whole (B, P + G) canvas
+      at once, exactly as LLaDA's ``generate.py`` does, so a row's sample depends on its batch;
+    * a list of ints, one per row: each row gets its own generator and draws its noise over its
+      own tokens only (never its left padding), so row ``i`` samples the same whether it runs
+      alone (with ``seed=[seed[i]]``) or in any batch. An unpadded row alone with ``seed=[s]``
+      samples as with ``seed=s``.
+
+    An all-padding row (attention mask all zeros) is an empty prompt: unconditional generation
+    for an unshifted model (its padding is invisible, so it decodes as a (1, 0) prompt alone, up to
+    floating-point rounding), an error naming the row for a shifted one.
     """
     if sampler is None:
         sampler = default_sampler(model)
@@ -113,14 +172,13 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     input_ids, attention_mask = _check_inputs(model, input_ids, attention_mask, mask_id)
     B, P = input_ids.shape
     G = smp.gen_length()
-    limit = model.facts.max_positions
-    if limit is not None and P + G > limit:
-        raise DLMError(f"prompt ({P}) + gen_length ({G}) = {P + G} tokens exceeds this model's {limit} positions")
+    rows = B * (2 if float(getattr(opts, "cfg_scale", 0.0)) > 0 else 1)  # guidance adds an unconditional copy
+    check_length(model, rows, P + G, f"prompt ({P}) + gen_length ({G})")  # max / memory error, trained-length warning
     x = torch.full((B, P + G), mask_id, dtype=torch.long, device=model.device)  # (B, P + G)
     x[:, :P] = input_ids
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, G)], dim=1)
-    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+    generator = make_generators(seed, B, model.device)  # None, one, or one per row
     bar = None
     if progress:
         from tqdm.auto import tqdm

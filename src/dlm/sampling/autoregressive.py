@@ -51,11 +51,15 @@ class ARSampler(Sampler):
         stops = torch.tensor(facts.stop_ids or (-1,), device=state.x.device)
         eos = facts.eos_ids[0] if facts.eos_ids else None
         done = torch.zeros(B, dtype=torch.bool, device=state.x.device)
-        out = net(input_ids=state.x[:, :P], attention_mask=am[:, :P], position_ids=positions[:, :P], use_cache=True)
+        cache = kv_cache_kwargs(net)  # {"cache": DynamicCache}: filled in place by every forward
+        out = net(input_ids=state.x[:, :P], attention_mask=am[:, :P], position_ids=positions[:, :P], use_cache=True,
+                  **cache)
         for i in range(G):
             state.nfe += 1
-            logits = out.logits[:, -1].float()  # (B, V)
-            noise = state.rand(*logits.shape, dtype=torch.float64) if self.opts.temperature > 0 else None
+            logits = state.check_finite(out.logits[:, -1].float())  # (B, V)
+            noise = None
+            if self.opts.temperature > 0:
+                noise = state.rand_rows(logits.shape[-1], dtype=torch.float64)  # (B, V)
             token = gumbel_argmax(logits, self.opts.temperature, noise)  # (B,)
             if self.opts.stop_at_eos and eos is not None:
                 token = torch.where(done, torch.full_like(token, eos), token)
@@ -68,4 +72,24 @@ class ARSampler(Sampler):
                 state.x[:, P + i + 1:] = eos
                 break
             out = net(input_ids=token[:, None], attention_mask=am[:, : P + i + 1], use_cache=True,
-                      position_ids=positions[:, P + i: P + i + 1], past_key_values=out.past_key_values)
+                      position_ids=positions[:, P + i: P + i + 1], **cache)
+
+
+def kv_cache_kwargs(net) -> dict[str, object]:
+    """A fresh ``transformers.DynamicCache`` under the keyword ``net.forward`` takes.
+
+    Recent transformers 5.x releases renamed ``past_key_values`` to ``cache`` (the old name warns
+    and goes in 5.40); earlier 5.x releases only know ``past_key_values``. Passing the cache object ourselves
+    (it is updated in place) also avoids reading the deprecated ``output.past_key_values``.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+
+    params = inspect.signature(net.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    try:
+        cache = DynamicCache(config=net.config)
+    except TypeError:  # releases whose DynamicCache takes no config
+        cache = DynamicCache()
+    return {name: cache}

@@ -12,15 +12,24 @@ three hooks - ``start_block``, ``block_done`` and ``step`` - called by :meth:`Sa
             state.record()               # per-step history, progress bar
 
 ``DenoiseState`` holds everything per request: the canvas, padding mask, prompt index, NFE,
-history and the random generator, so every sampler is batch-native with per-row state.
+history and the random generators, so every sampler is batch-native with per-row state.
+
+Random draws go through the state, which decides how they are made (see :func:`make_generators`):
+``rand_canvas`` (noise per canvas position) and ``rand_rows`` (noise per row). With one generator
+(or the global RNG) a draw covers the whole batch at once, the stream of LLaDA's ``generate.py``;
+with one generator per row each row draws its own noise over its own tokens only (never its left
+padding), so a row samples the same whether it runs alone or in any batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
+import numpy
 import torch
 
 from dlm.diffusion.guidance import guided_logits
@@ -53,11 +62,35 @@ class Block:
     steps_taken: int = 0
 
 
+Seed = Union[int, Sequence[int], None]
+
+
+def make_generators(seed: Seed, batch: int, device) -> torch.Generator | list[torch.Generator] | None:
+    """``None`` -> the global torch RNG; an int -> one generator for the batch; a list of ints
+    (one per row) -> one generator per row."""
+    def generator(s, what: str) -> torch.Generator:
+        if not isinstance(s, numbers.Integral) or isinstance(s, (bool, numpy.bool_)):
+            raise DLMError(f"{what} must be an integer, got {s!r}")
+        try:
+            return torch.Generator(device=device).manual_seed(int(s))
+        except (ValueError, RuntimeError, OverflowError):
+            raise DLMError(f"{what} {s} is out of range (seeds are 64-bit integers)") from None
+
+    if seed is None:
+        return None
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise DLMError(f"seed is a list of {len(seed)} per-row seeds, but the batch has {batch} rows")
+        return [generator(s, f"seed[{i}]") for i, s in enumerate(seed)]
+    return generator(seed, "seed")
+
+
 class DenoiseState:
     """Per-call state of a denoising run over a batch of left-padded prompts."""
 
     def __init__(self, model, x: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int,
-                 mask_id: int, cfg_scale: float = 0.0, generator: torch.Generator | None = None,
+                 mask_id: int, cfg_scale: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  keep_history: bool = False, progress=None):
         self.model = model
         self.x = x  # (B, L) canvas, L = P + G
@@ -65,7 +98,10 @@ class DenoiseState:
         self.prompt_length = prompt_length
         self.mask_id = mask_id
         self.cfg_scale = cfg_scale
-        self.generator = generator
+        self.generator = generator  # None (global RNG), one for the batch, or a list with one per row
+        # first non-padding position of each row: where its per-row draws start
+        self.row_start = ([0] * x.shape[0] if attention_mask is None
+                          else (attention_mask == 0).sum(dim=1).tolist())
         self.prompt_index = x != mask_id  # (B, L): prompt and padding (what CFG masks out)
         self.nfe = 0
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
@@ -81,11 +117,50 @@ class DenoiseState:
             un_x = self.x.clone()
             un_x[self.prompt_index] = self.mask_id
             self.nfe += 2
-            return guided_logits(self.model, self.x, un_x, self.cfg_scale, self.attention_mask, logits_from)
-        self.nfe += 1
-        return self.model(self.x, attention_mask=self.attention_mask, logits_from=logits_from).logits
+            logits = guided_logits(self.model, self.x, un_x, self.cfg_scale, self.attention_mask, logits_from)
+        else:
+            self.nfe += 1
+            logits = self.model(self.x, attention_mask=self.attention_mask, logits_from=logits_from).logits
+        return self.check_finite(logits)
 
-    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    @staticmethod
+    def check_finite(logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (..., V), or a DLMError if any position has a NaN, a +inf or no finite logit."""
+        # one reduction over V: amax propagates NaN and is +inf / -inf exactly at the bad positions
+        if not bool(torch.isfinite(logits.amax(dim=-1)).all()):
+            raise DLMError("the model produced NaN/inf logits (broken or overflowed weights; try float32)")
+        return logits
+
+    @property
+    def per_row(self) -> bool:
+        return isinstance(self.generator, list)
+
+    def rand_canvas(self, *trailing: int, dtype: torch.dtype = torch.float32, start: int = 0) -> torch.Tensor:
+        """U(0, 1) noise (B, L - start, *trailing) for canvas positions start..L-1.
+
+        One generator (or the global RNG): drawn for the whole (B, L) canvas and sliced, as LLaDA's
+        generate.py draws it. Per-row generators: each row draws for its own positions only (from
+        its first non-padding token); values at padding positions are 0.5 and never used.
+        """
+        B, L = self.x.shape
+        if not self.per_row:
+            return self._rand_shared(B, L, *trailing, dtype=dtype)[:, start:]
+        out = torch.full((B, L - start, *trailing), 0.5, dtype=dtype, device=self.x.device)
+        for row, (gen, first) in enumerate(zip(self.generator, self.row_start)):
+            draw = torch.rand(L - first, *trailing, dtype=dtype, device=self.x.device, generator=gen)
+            lo = max(first, start)  # the first position both drawn and asked for
+            out[row, lo - start:] = draw[lo - first:]
+        return out
+
+    def rand_rows(self, *trailing: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """U(0, 1) noise (B, *trailing), one draw per row (e.g. over the vocabulary for the next token)."""
+        B = self.x.shape[0]
+        if not self.per_row:
+            return self._rand_shared(B, *trailing, dtype=dtype)
+        return torch.stack([torch.rand(*trailing, dtype=dtype, device=self.x.device, generator=gen)
+                            for gen in self.generator])
+
+    def _rand_shared(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
         return torch.rand(*shape, dtype=dtype, device=self.x.device, generator=self.generator)
 
     def record(self) -> None:

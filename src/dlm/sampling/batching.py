@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from dlm.errors import DLMError
+
 
 def left_pad(model, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Left-pad token id lists into (input_ids (B, P), attention_mask (B, P) or None when unpadded).
 
     The pad id is the model's pad token, or its first EOS when the pad token is the mask token.
+    An empty prompt in a padded batch becomes a row of padding only (see :func:`dlm.generate`).
     """
+    if not prompts:
+        raise DLMError("no prompts to generate for (an empty batch)")
     facts = model.facts
     pad = facts.pad_id if facts.pad_id is not None and facts.pad_id != facts.mask_id else (facts.eos_ids or (0,))[0]
     width = max(len(p) for p in prompts)

@@ -2,7 +2,8 @@
 
 Semantics are those of ML-GSAI/LLaDA ``generate.py`` (2025-10 version with ``attention_mask``),
 token for token at temperature 0 and with the same random stream at temperature > 0 (the same
-``torch.rand`` calls in the same order, so ``torch.manual_seed(s)`` before a call reproduces it):
+``torch.rand`` calls in the same order, so ``torch.manual_seed(s)`` before a call reproduces it;
+per-row seeds draw each row's noise separately instead, see ``DenoiseState.rand_canvas``):
 
 * the generated region is split into ``gen_length / block_length`` blocks decoded left to right;
   each block gets ``steps / num_blocks`` steps;
@@ -123,8 +124,9 @@ class LLaDASampler(Sampler):
         eos = list(state.model.facts.eos_ids)
         if o.logits_eos_inf:
             logits[:, :, eos] = -torch.inf
-        # Gumbel noise is drawn for the whole canvas, as the reference does, to share its stream.
-        noise = state.rand(B, L, logits.shape[-1], dtype=torch.float64)[:, lo:] if o.temperature > 0 else None
+        # Gumbel noise (B, L - lo, V); with one generator it is drawn for the whole canvas, as the
+        # reference does, to share its stream (see DenoiseState.rand_canvas).
+        noise = state.rand_canvas(logits.shape[-1], dtype=torch.float64, start=lo) if o.temperature > 0 else None
         x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, L - lo)
         if o.confidence_eos_eot_inf:
             # The reference's chained assignment `noisy[..., EOS] = logits[..., EoT] = -inf`: at
@@ -137,7 +139,7 @@ class LLaDASampler(Sampler):
             p = F.softmax(logits, dim=-1)
             x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L - lo)
         else:
-            x0_p = state.rand(B, L)[:, lo:]
+            x0_p = state.rand_canvas(start=lo)  # (B, L - lo)
         mask_index = state.mask_index  # (B, L)
         # Rank over the full row, as the reference does, so that ties break the same way.
         confidence = torch.full((B, L), -torch.inf, dtype=x0_p.dtype, device=x.device)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dlm.errors import DLMError
+from dlm.resources import forward_bytes, require_memory
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.registry import resolve_facts
@@ -100,3 +101,29 @@ def load_for_training(path: str | Path, objective: str) -> DiffusionLM:
     if objective != "causal" and model.facts.mask_id is None:
         raise DLMError(f"{path} has no mask token; add one to its tokenizer/config before diffusion training")
     return model
+
+
+def check_training_length(model: DiffusionLM, seq_len: int, batch_size: int, gradient_checkpointing: bool,
+                          device, new: bool) -> None:
+    """Refuse a ``seq_len`` past the positions the model declares, and a micro-step that cannot fit
+    in ``device``'s free memory (weights, gradients and AdamW state, 16 bytes a parameter, plus the
+    activations of a (batch_size, seq_len) forward and backward), before any data is tokenised."""
+    from dlm.models.lengths import model_dims
+
+    limit = model.facts.max_length
+    if limit is not None and seq_len > limit:
+        if new:
+            raise DLMError(f"--seq-len {seq_len} exceeds the {limit} positions of the new model; "
+                           f"raise --max-positions or lower --seq-len")
+        raise DLMError(f"--seq-len {seq_len} exceeds the {limit} positions {model.path} declares "
+                       f"(config.json {model.facts.max_length_field})")
+    dims = model_dims(model)
+    if gradient_checkpointing:  # one layer's activations at a time, plus each layer's input (B, L, d_model)
+        inputs = dims["n_layers"] * batch_size * seq_len * dims["d_model"] * 4
+        acts = forward_bytes(batch_size, seq_len, **dims) + inputs
+    else:
+        acts = forward_bytes(batch_size, seq_len, training=True, **dims)
+    require_memory(acts + 16 * model.num_parameters(), device,
+                   f"training on {batch_size} x {seq_len} tokens per micro-step",
+                   hint="lower --batch-size (raise --grad-accum to keep the batch) or --seq-len, "
+                        "or pass --gradient-checkpointing")

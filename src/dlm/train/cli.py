@@ -5,8 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from dlm.errors import DLMError
 from dlm.train.build import ARCHS, ModelSize
 from dlm.train.objectives import OBJECTIVES
+from dlm.train.trainer import DEFAULT_WARMUP
+
+SIZE_OPTIONS = ("d_model", "n_layers", "n_heads", "mlp_hidden", "max_positions")
+NEW_MODEL_OPTIONS = ("arch", "tokenizer", *SIZE_OPTIONS)  # refused with --init, not ignored
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None ones (those help lines say what the default is) and switches'."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.nargs == 0 else super()._get_help_string(action)
 
 
 def add_parser(sub) -> None:
@@ -14,46 +26,77 @@ def add_parser(sub) -> None:
         "train", help="train or adapt a model (causal LM, masked diffusion, AR -> diffusion, SFT)",
         description="Train on the Debian corpus. Runs on CPU as is; `accelerate launch dlm train ...` "
                     "(or `accelerate launch -m dlm.cli train ...`) scales it to several processes/GPUs. "
-                    "Rerunning the same command resumes from OUT/checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--out", required=True, help="output directory (model, card, checkpoint)")
+                    "OUT/checkpoint is written every --save-every steps, when --max-minutes runs out and on "
+                    "Ctrl-C; rerunning the same command resumes from it. Rerunning it on a finished OUT does "
+                    "nothing; other settings on a finished OUT are refused unless --continue-finished is given. "
+                    "Tokenised data is cached in $DLM_CACHE_DIR/tokenized (default: ~/.cache/dlm/tokenized, "
+                    "or $XDG_CACHE_HOME/dlm/tokenized).",
+        formatter_class=_Help)
+    t.add_argument("--out", required=True,
+                   help="output directory (model, card, checkpoint): new, empty, or a dlm training run")
     t.add_argument("--objective", choices=OBJECTIVES, default="mdm",
                    help="causal: next-token LM; mdm: masked-diffusion ELBO; a2d: AR -> diffusion adaptation")
     t.add_argument("--task", choices=["pretrain", "sft"], default="pretrain",
-                   help="pretrain on packed text, or SFT on (description -> synopsis) pairs")
-    t.add_argument("--init", default=None, help="start from this model directory (default: a new model)")
-    t.add_argument("--arch", choices=ARCHS, default="llada", help="architecture of a new model")
-    t.add_argument("--tokenizer", default="data/tokenizer", help="tokenizer directory for a new model")
+                   help="pretrain on packed text (the model is saved without a chat template), or SFT on "
+                        "(description -> synopsis) pairs in the chat template (saved with the model)")
+    t.add_argument("--init", default=None, help="start from this model directory or shipped model name "
+                                                "(default: a new model of --arch and the size options)")
+    t.add_argument("--continue-finished", action="store_true",
+                   help="OUT holds a finished run: train its model further, from its last step to a higher "
+                        "--max-steps (other settings may change too). A finished run keeps no optimizer state, so "
+                        "this starts a new AdamW state and a new warm-up + cosine schedule from that step, like "
+                        "--init OUT but in place, keeping the log")
+    t.add_argument("--arch", choices=ARCHS, default=None, help="architecture of a new model (default llada)")
+    t.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory of a new model (default: the shipped data/tokenizer)")
     d = ModelSize()
-    t.add_argument("--d-model", type=int, default=d.d_model)
-    t.add_argument("--n-layers", type=int, default=d.n_layers)
-    t.add_argument("--n-heads", type=int, default=d.n_heads)
-    t.add_argument("--mlp-hidden", type=int, default=d.mlp_hidden)
-    t.add_argument("--data", default="data/debian", help="dataset directory (dlm data build)")
-    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--d-model", type=int, default=None, help=f"new model: hidden size (default {d.d_model})")
+    t.add_argument("--n-layers", type=int, default=None, help=f"new model: transformer layers (default {d.n_layers})")
+    t.add_argument("--n-heads", type=int, default=None,
+                   help=f"new model: attention heads, dividing --d-model (default {d.n_heads})")
+    t.add_argument("--mlp-hidden", type=int, default=None, help=f"new model: MLP hidden size (default {d.mlp_hidden})")
+    t.add_argument("--max-positions", type=int, default=None,
+                   help=f"new model: longest sequence it supports, the limit of --seq-len (default {d.max_positions})")
+    t.add_argument("--data", default=None, help="dataset directory from `dlm data build` (default: the shipped "
+                                                "data/debian)")
+    t.add_argument("--seq-len", type=int, default=256,
+                   help="tokens per training row (pretrain: packed block; SFT: longest prompt + answer)")
     t.add_argument("--answer-length", type=int, default=32, help="SFT answer block (tokens)")
     t.add_argument("--instruction-dropout", type=float, default=0.0,
                    help="SFT: share of prompts without the instruction line")
     t.add_argument("--batch-size", type=int, default=8, help="rows per process per micro-step")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup-steps", type=int, default=100)
-    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-steps accumulated per optimizer step")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (after warm-up)")
+    t.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"linear warm-up steps, below --max-steps (default: {DEFAULT_WARMUP}, or a tenth of a run "
+                        f"shorter than {10 * DEFAULT_WARMUP} steps, with a warning)")
+    t.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (not on norms and biases)")
     t.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (the LR schedule ends here)")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop after this many minutes with a checkpoint; rerun to continue")
     t.add_argument("--anneal-steps", type=int, default=0, help="a2d: attention-mask annealing steps")
-    t.add_argument("--eval-every", type=int, default=100)
-    t.add_argument("--eval-batches", type=int, default=8)
-    t.add_argument("--save-every", type=int, default=100)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    t.add_argument("--eval-every", type=int, default=100, help="steps between validation losses")
+    t.add_argument("--eval-batches", type=int, default=8, help="validation batches per evaluation")
+    t.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
+    t.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the saved weights")
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations during backward (less memory, slower)")
     t.add_argument("--name", default=None, help="model name for the card (default: the --out folder name)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     t.set_defaults(func=cmd_train)
+
+
+def model_size(args) -> ModelSize:
+    """The new model's size from the options given; with --init the new-model options are refused."""
+    if args.init is not None:
+        given = [f"--{k.replace('_', '-')}" for k in NEW_MODEL_OPTIONS if getattr(args, k) is not None]
+        if given:
+            raise DLMError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a new model; "
+                           f"--init {args.init} brings its own (drop {'it' if len(given) == 1 else 'them'}, or --init)")
+    return ModelSize(**{k: getattr(args, k) for k in SIZE_OPTIONS if getattr(args, k) is not None})
 
 
 def cmd_train(args) -> int:
@@ -63,16 +106,16 @@ def cmd_train(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    size = ModelSize(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, mlp_hidden=args.mlp_hidden)
     cfg = TrainConfig(
-        out=args.out, objective=args.objective, task=args.task, init=args.init, arch=args.arch, size=size,
-        tokenizer=args.tokenizer if args.init is None else None, data=args.data, seq_len=args.seq_len,
+        out=args.out, objective=args.objective, task=args.task, init=args.init, arch=args.arch or "llada",
+        size=model_size(args),
+        tokenizer=args.tokenizer, data=args.data, seq_len=args.seq_len,
         answer_length=args.answer_length, instruction_dropout=args.instruction_dropout, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         max_steps=args.max_steps, max_minutes=args.max_minutes, anneal_steps=args.anneal_steps,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed,
         save_dtype=args.save_dtype, name=args.name, progress=args.progress,
-        gradient_checkpointing=args.gradient_checkpointing)
+        gradient_checkpointing=args.gradient_checkpointing, continue_finished=args.continue_finished)
     result = Trainer(cfg).train()
     if not result["main_process"]:
         return 0

@@ -14,6 +14,7 @@ def write_model_card(out: Path, run: dict, model) -> Path:
     log = run["log"]
     evals = [e for e in log if "val_loss" in e]
     size = cfg["size"]
+    warmup = run.get("warmup_steps", cfg["warmup_steps"])  # the steps used (the setting may be the default)
     kind = {"causal": "causal (autoregressive) language model",
             "mdm": "masked diffusion language model", "a2d": "diffusion language model adapted from an AR model"}
     lines = [
@@ -33,9 +34,13 @@ def write_model_card(out: Path, run: dict, model) -> Path:
         f"{run['processes']} process(es), {run['hardware'].get('gpu') or run['hardware']['processor']} "
         f"({run['hardware']['torch_threads']} torch threads)",
         f"- batch {cfg['batch_size']} x {cfg['grad_accum']} accumulation x {run['processes']} processes, sequence "
-        f"length {cfg['seq_len']}, AdamW lr {cfg['lr']} (warm-up {cfg['warmup_steps']}, cosine to "
+        f"length {cfg['seq_len']}, AdamW lr {cfg['lr']} (warm-up {warmup}, cosine to "
         f"{cfg['min_lr_ratio']}x), weight decay {cfg['weight_decay']}, seed {cfg['seed']}",
     ]
+    if run.get("previous"):
+        lines.append(f"- continued (`--continue-finished`) from the finished run at step {run['phase_start']}: its "
+                     "weights, a new AdamW state and a new learning-rate schedule; its settings are under `previous` "
+                     "in training_log.json")
     if cfg["objective"] == "a2d":
         lines.append(f"- attention-mask annealing causal -> full over {cfg['anneal_steps']} steps, shift operation, "
                      "masked-diffusion ELBO (DiffuGPT recipe)")

@@ -4,8 +4,10 @@ The same command runs on a laptop CPU or, under ``accelerate launch``, on severa
 (gloo on CPU, NCCL on GPUs, or DeepSpeed / FSDP as configured in accelerate). Each optimizer
 step draws a global batch of ``batch_size x processes x grad_accum`` rows from a seeded
 shuffle; a checkpoint (``out/checkpoint``: model, optimizer, RNG and step) is written every
-``save_every`` steps and when the ``max_minutes`` budget runs out, and a rerun of the same
-command resumes from it. The final model is an HF-format directory with a model card.
+``save_every`` steps, when the ``max_minutes`` budget runs out and on Ctrl-C, and a rerun of the
+same command resumes from it. The final model is an HF-format directory with a model card; the
+same command run again on a finished ``out`` does nothing (see :mod:`dlm.train.runs`).
+Tokenised data is cached between runs (:mod:`dlm.train.cache`).
 """
 
 from __future__ import annotations
@@ -14,20 +16,28 @@ import contextlib
 import json
 import logging
 import math
+import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from dlm.errors import DLMError, first_line
 from dlm.provenance import cpu_model, software_versions
-from dlm.train.build import ModelSize, load_for_training, new_model
-from dlm.train.data import BatchStream, collate_sft, pack_documents, pretraining_text, sft_examples
+from dlm.train import cache
+from dlm.train.build import ModelSize, check_training_length, load_for_training, new_model
+from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
+                            pretraining_text, sft_examples, to_tensors)
 from dlm.train.objectives import OBJECTIVES, anneal_ratio, causal_lm_loss, diffusion_loss
+from dlm.train.runs import plan_run
+
+DEFAULT_WARMUP = 100  # steps; runs shorter than 10 x this warm up over a tenth of their steps
 
 
 @dataclass
@@ -38,8 +48,8 @@ class TrainConfig:
     init: str | None = None  # checkpoint dir to start from; None = a new model of `arch` and `size`
     arch: str = "llada"
     size: ModelSize = field(default_factory=ModelSize)
-    tokenizer: str | None = None  # for a new model
-    data: str = "data/debian"
+    tokenizer: str | None = None  # for a new model; None = the shipped data/tokenizer
+    data: str | None = None  # None = the shipped data/debian
     seq_len: int = 256
     answer_length: int = 32  # SFT answer block (synopsis + EOS fill)
     instruction_dropout: float = 0.0
@@ -47,7 +57,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None = DEFAULT_WARMUP, or a tenth of a shorter run (see warmup_steps())
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     max_steps: int = 1000
@@ -61,6 +71,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     name: str | None = None  # model name for the card
     progress: bool = True
+    continue_finished: bool = False  # train a finished run in `out` further (its weights, a new optimizer)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -75,23 +86,55 @@ class TrainConfig:
                      "answer_length"):
             if getattr(self, name) < 1:
                 raise DLMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.init is None:
+            for name, value in asdict(self.size).items():
+                if name != "rope_theta" and value < 1:
+                    raise DLMError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        elif self.tokenizer is not None:
+            raise DLMError("--tokenizer is for a new model; --init DIR trains with the tokenizer saved in DIR")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DLMError(f"--lr must be a positive number, got {self.lr}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise DLMError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
+            raise DLMError(f"--warmup-steps {self.warmup_steps} must be below --max-steps {self.max_steps}, "
+                           "or the learning rate never reaches --lr")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise DLMError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
             raise DLMError(f"--save-dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
-        if self.init is None and self.tokenizer is None:
-            raise DLMError("a new model needs --tokenizer DIR (or start from --init DIR)")
         if not 0.0 <= self.instruction_dropout <= 1.0:
             raise DLMError(f"--instruction-dropout must be in [0, 1], got {self.instruction_dropout}")
+        if self.task == "sft" and self.answer_length >= self.seq_len:
+            raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
+                           f"--seq-len {self.seq_len}")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with absolute paths: ``data`` and a new model's ``tokenizer`` default to the shipped
+        folders wherever the command runs from; typed paths are relative to the current directory."""
+        from dlm.paths import data_path
+
+        init = self.init
+        if init is not None and Path(init).expanduser().exists():  # else a shipped model's name
+            init = str(Path(init).expanduser().resolve())
+        tokenizer = None if init is not None else str(data_path(self.tokenizer, "tokenizer").resolve())
+        return replace(self, data=str(data_path(self.data, "debian").resolve()), tokenizer=tokenizer, init=init)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+def warmup_steps(cfg: TrainConfig, start: int = 0) -> int:
+    """Warm-up steps of a schedule from ``start`` to ``max_steps``: ``cfg.warmup_steps``, or by default
+    DEFAULT_WARMUP capped at a tenth of the steps."""
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return min(DEFAULT_WARMUP, (cfg.max_steps - start) // 10)
+
+
+def lr_at(step: int, cfg: TrainConfig, start: int = 0) -> float:
+    """Linear warm-up from ``start``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
+    warmup, s, total = warmup_steps(cfg, start), step - start, cfg.max_steps - start
+    if s < warmup:
+        return cfg.lr * (s + 1) / warmup
+    progress = min(1.0, (s - warmup) / max(1, total - warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -100,27 +143,28 @@ class Trainer:
         from accelerate import Accelerator
 
         cfg.validate()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolved()
+        self.out = Path(cfg.out).expanduser()
+        self.ckpt = self.out / "checkpoint"
+        # Refuse a --out that holds something else (or a finished run with other settings) before any work.
+        self.plan = plan_run(self.out, _jsonable(cfg), cfg.continue_finished)
         # With no GPU, run on CPU explicitly: under torchrun (`accelerate launch --multi_gpu`) this
         # makes accelerate use gloo across processes instead of treating each as a lone run.
         has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
         self.acc = Accelerator(cpu=not has_gpu)
-        self.out = Path(cfg.out)
-        self.ckpt = self.out / "checkpoint"
-        if cfg.init is not None:
-            self.model = load_for_training(cfg.init, cfg.objective)
-        else:
-            from transformers import AutoTokenizer
-
-            if not Path(cfg.tokenizer).is_dir():
-                raise DLMError(f"tokenizer directory {cfg.tokenizer} does not exist; build it with `dlm data tokenizer`")
-            try:
-                tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
-            except (OSError, ValueError) as e:
-                raise DLMError(f"cannot load the tokenizer at {cfg.tokenizer} ({first_line(e)}); "
-                               "build it with `dlm data tokenizer`") from None
-            self.model = new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
+        if self.plan.kind == "finished":
+            return
+        self.state = {"step": 0, "tokens": 0, "seconds": 0.0, "log": [], "phase_start": 0, "previous": None}
+        if self.plan.kind == "continue":
+            prev = self.plan.saved
+            self.state = {**{k: prev[k] for k in ("step", "tokens", "seconds", "log")}, "phase_start": prev["step"],
+                          "previous": {k: v for k, v in prev.items() if k != "log"}}
+        start = self.state["phase_start"] if self.plan.kind != "resume" else self.plan.saved.get("phase_start", 0)
+        self.warmup = self._check_warmup(start)
+        self.model = self._build_model()
         self.model.train()
+        check_training_length(self.model, cfg.seq_len, cfg.batch_size, cfg.gradient_checkpointing, self.acc.device,
+                              new=cfg.init is None and self.plan.kind != "continue")
         if cfg.gradient_checkpointing:
             if self.model.is_llada:
                 self.model.net.gradient_checkpointing = True
@@ -133,6 +177,12 @@ class Trainer:
         self.tokenizer = self.model.tokenizer
         if self.tokenizer is None:
             raise DLMError("training needs a tokenizer saved with the model")
+        if cfg.task == "sft" and not getattr(self.tokenizer, "chat_template", None):
+            from dlm.models.default import CHAT_TEMPLATE
+
+            self.tokenizer.chat_template = CHAT_TEMPLATE
+            self._say("dlm train: the model's tokenizer has no chat template (a base model); SFT formats prompts "
+                      "with dlm's template and saves it with the model")
         self.facts = self.model.facts
         self.train_data, self.val_data, self.data_stats = self._load_data()
         world = self.acc.num_processes
@@ -144,22 +194,85 @@ class Trainer:
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
         self.trainable, self.opt = self.acc.prepare(trainable, opt)
-        self.state = {"step": 0, "tokens": 0, "seconds": 0.0, "log": []}
+
+    def _say(self, message: str) -> None:
+        """A note for the user on stderr (stdout carries the result), once per run."""
+        if self.acc.is_main_process:
+            print(message, file=sys.stderr, flush=True)
+
+    def _check_warmup(self, start: int) -> int:
+        cfg, steps = self.cfg, self.cfg.max_steps - start
+        warmup = warmup_steps(cfg, start)
+        if cfg.warmup_steps is not None and warmup >= steps:
+            raise DLMError(f"--warmup-steps {warmup} must be below the {steps} steps this run trains "
+                           f"(--max-steps {cfg.max_steps} - finished step {start})")
+        if cfg.warmup_steps is None and warmup != DEFAULT_WARMUP:
+            self._say(f"dlm train: warning: a {steps}-step run warms up over {warmup} step(s), not the default "
+                      f"{DEFAULT_WARMUP}; pass --warmup-steps N to choose")
+        if self.plan.kind == "continue":
+            self._say(f"dlm train: continuing the finished run in {self.out} from step {start} to {cfg.max_steps}: "
+                      f"its weights, a new AdamW state (a finished run keeps none) and a new learning-rate schedule "
+                      f"({warmup} warm-up steps, cosine decay to step {cfg.max_steps})")
+        return warmup
+
+    def _build_model(self):
+        cfg = self.cfg
+        if self.plan.kind == "continue":
+            return load_for_training(self.out, cfg.objective)
+        if cfg.init is not None:
+            return load_for_training(cfg.init, cfg.objective)
+        from transformers import AutoTokenizer
+
+        if not Path(cfg.tokenizer).is_dir():
+            raise DLMError(f"tokenizer directory {cfg.tokenizer} does not exist; build it with `dlm data tokenizer`")
+        try:
+            tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise DLMError(f"cannot load the tokenizer at {cfg.tokenizer} ({first_line(e)}); "
+                           "build it with `dlm data tokenizer`") from None
+        return new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
 
     # -- data -----------------------------------------------------------------------------------
     def _load_data(self):
+        """(train, validation, stats): tokenised once per data, tokenizer and settings, then cached."""
+        from dlm.data.debian import split_file
+
+        cfg = self.cfg
+        files = [split_file(cfg.data, split) for split in ("train", "validation")]
+        settings = {"task": cfg.task, "seq_len": cfg.seq_len}
+        if cfg.task == "sft":
+            settings.update(answer_length=cfg.answer_length, instruction_dropout=cfg.instruction_dropout,
+                            seed=cfg.seed, diffusion=cfg.objective != "causal", instruction=SUMMARY_INSTRUCTION)
+        tokenizer = cache.tokenizer_digest(self.tokenizer, chat=cfg.task == "sft")
+        path = cache.cache_path({"data": [cache.file_digest(f) for f in files], "tokenizer": tokenizer, **settings})
+        with self.acc.main_process_first():  # the main process tokenises and writes; the others read
+            hit = cache.load(path)
+            if hit is None:
+                train, val, stats = self._tokenise()
+                if self.acc.is_main_process:
+                    cache.save(path, {**to_tensors(train, "train"), **to_tensors(val, "validation")}, stats)
+                return train, val, stats
+        self._say(f"dlm train: using the tokenised data cached in {path}")
+        tensors, stats = hit
+        return from_tensors(tensors, "train"), from_tensors(tensors, "validation"), stats
+
+    def _tokenise(self):
         from dlm.data.debian import load_split
 
         cfg = self.cfg
+        show = cfg.progress and self.acc.is_main_process
         train, val = load_split(cfg.data, "train"), load_split(cfg.data, "validation")
         if cfg.task == "pretrain":
-            tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len)
-            va, va_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in val], cfg.seq_len)
+            tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len, show,
+                                          "tokenising train")
+            va, va_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in val], cfg.seq_len, show,
+                                          "tokenising validation")
             return tr, va, {"train": tr_stats, "validation": va_stats}
         diffusion = cfg.objective != "causal"
         tr, tr_stats = sft_examples(self.tokenizer, train, cfg.seq_len, cfg.answer_length, diffusion,
-                                    cfg.instruction_dropout, cfg.seed)
-        va, va_stats = sft_examples(self.tokenizer, val, cfg.seq_len, cfg.answer_length, diffusion, 0.0, cfg.seed)
+                                    cfg.instruction_dropout, cfg.seed, show, "tokenising train")
+        va, va_stats = sft_examples(self.tokenizer, val, cfg.seq_len, cfg.answer_length, diffusion, 0.0, cfg.seed,
+                                    show, "tokenising validation")
         return tr, va, {"train": tr_stats, "validation": va_stats}
 
     def _batch(self, data, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -205,6 +318,9 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         tmp = self.out / "checkpoint.tmp"
+        if self.acc.is_main_process and tmp.exists():  # left by a save that was cut short
+            shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
         # accelerate warns about tied weights (embedding = head) on every save; they reload fine.
         quiet = logging.getLogger("accelerate.utils.other")
         level = quiet.level
@@ -221,41 +337,104 @@ class Trainer:
                 shutil.rmtree(self.ckpt)
             tmp.rename(self.ckpt)
         self.acc.wait_for_everyone()
+        self._saved_step = self.state["step"]
 
-    def _maybe_resume(self) -> None:
-        state_file = self.ckpt / "dlm_state.json"
-        if not state_file.exists():
-            return
-        saved = json.loads(state_file.read_text())
-        if saved["config"] != _jsonable(self.cfg):
-            diff = sorted(k for k in saved["config"] if saved["config"][k] != _jsonable(self.cfg).get(k))
-            raise DLMError(f"{self.ckpt} was written with different settings ({', '.join(diff)}); "
-                           "use another --out or delete the checkpoint")
+    def _resume(self) -> None:
+        saved = self.plan.saved  # settings already compared by plan_run
         if saved.get("processes", 1) != self.acc.num_processes:
             raise DLMError(f"{self.ckpt} was written by {saved.get('processes', 1)} process(es), this run has "
                            f"{self.acc.num_processes}; resume with the same number (data sharding and RNG depend on it)")
         self.acc.load_state(str(self.ckpt))
         self.state = {k: saved[k] for k in ("step", "tokens", "seconds", "log")}
-        self.acc.print(f"dlm train: resuming {self.out} at step {self.state['step']}")
+        self.state.update(phase_start=saved.get("phase_start", 0), previous=saved.get("previous"))
+        self._say(f"dlm train: resuming {self.out} at step {self.state['step']}")
+
+    def _interrupted(self) -> None:
+        """Ctrl-C arrived in the middle of a step: save the last finished step if that is safe."""
+        step = self.state["step"]
+        if self._updating or self.acc.num_processes > 1:
+            why = "during an optimizer update" if self._updating else "in one of several processes"
+            kept = "nothing saved" if self._saved_step is None else f"the checkpoint at step {self._saved_step} stays"
+            self._say(f"dlm train: interrupted {why}; {kept}. Run the same command again to resume.")
+        elif step == self._saved_step or (self._saved_step is None and step == self.state["phase_start"]):
+            self._say(f"dlm train: interrupted at step {step}/{self.cfg.max_steps}; nothing new to save. "
+                      "Run the same command again to continue.")
+        else:
+            _set_rng_state(self._boundary_rng)  # as it was when the step finished: the resumed run is exact
+            self._save_checkpoint()
+            self._say(self._resume_hint("interrupted"))
+
+    def _resume_hint(self, what: str) -> str:
+        return (f"dlm train: {what} at step {self.state['step']}/{self.cfg.max_steps}; checkpoint in {self.ckpt}. "
+                "Run the same command again to resume.")
+
+    @contextlib.contextmanager
+    def _stop_on_ctrl_c(self):
+        """The first Ctrl-C (SIGINT) or SIGTERM (a scheduler preempting the job) asks the loop to stop
+        after the current step, with a checkpoint; a second one interrupts at once."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self._say(f"\ndlm train: {name} - stopping after this step to save a checkpoint (press Ctrl-C again "
+                      "to stop now)")
+
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> dict:
         from tqdm.auto import tqdm
 
+        if self.plan.kind == "finished":
+            return self._already_finished()
         cfg = self.cfg
-        self._maybe_resume()
-        start_step = self.state["step"]
-        t0, seconds0 = time.perf_counter(), self.state["seconds"]
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"dlm train {cfg.objective}/{cfg.task}",
+        if self.plan.kind == "resume":
+            self._resume()
+        self._saved_step = self.state["step"] if self.plan.kind == "resume" else None
+        self._updating = False
+        bar = tqdm(total=cfg.max_steps, initial=self.state["step"], desc=f"dlm train {cfg.objective}/{cfg.task}",
                    unit="step", file=sys.stderr, disable=not (cfg.progress and self.acc.is_main_process),
                    dynamic_ncols=True)
-        stopped_by_budget = False
-        step = start_step
+        try:
+            with self._stop_on_ctrl_c():
+                stopped = self._loop(bar)
+        except KeyboardInterrupt:
+            bar.close()
+            self._interrupted()
+            raise
+        bar.close()
+        if stopped == "interrupt":
+            self._say(self._resume_hint("interrupted"))
+            raise KeyboardInterrupt
+        if stopped == "budget":
+            self._say(self._resume_hint(f"--max-minutes {cfg.max_minutes} reached"))
+            return {"finished": False, "main_process": self.acc.is_main_process, **self.state}
+        self._finish()
+        return {"finished": True, "main_process": self.acc.is_main_process, **self.state}
+
+    def _loop(self, bar) -> str:
+        """Train to ``max_steps``; returns why it stopped: done, budget (--max-minutes) or interrupt."""
+        cfg = self.cfg
+        start = self.state["phase_start"]
+        step = self.state["step"]
+        t0, seconds0 = time.perf_counter(), self.state["seconds"]
+        self._boundary_rng = _rng_state()
         while step < cfg.max_steps:
             for group in self.opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg, start)
             idx = self.stream.indices(step)
-            loss_sum = 0.0
+            loss_sum, tokens = 0.0, 0
             for micro in range(cfg.grad_accum):
                 part = idx[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]
                 batch = self._batch(self.train_data, part)
@@ -264,41 +443,48 @@ class Trainer:
                     loss = self._loss(batch, step) / cfg.grad_accum
                     self.acc.backward(loss)
                 loss_sum += float(loss.detach())
-                tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-                self.state["tokens"] += tokens * self.acc.num_processes
+                n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                tokens += n * self.acc.num_processes
             if cfg.grad_clip:
                 self.acc.clip_grad_norm_(self.trainable.parameters(), cfg.grad_clip)
+            self._updating = True  # until the step is booked, a Ctrl-C would leave a half-updated state
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             step += 1
             self.state["step"] = step
+            self.state["tokens"] += tokens
             self.state["seconds"] = seconds0 + time.perf_counter() - t0
-            entry = {"step": step, "loss": round(loss_sum, 4), "lr": lr_at(step - 1, cfg), "tokens": self.state["tokens"],
-                     "seconds": round(self.state["seconds"], 1)}
+            entry = {"step": step, "loss": round(loss_sum, 4), "lr": lr_at(step - 1, cfg, start),
+                     "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1)}
             if cfg.objective == "a2d":
                 entry["attention_ratio"] = anneal_ratio(step - 1, cfg.anneal_steps)
+            self.state["log"].append(entry)
+            self._boundary_rng = _rng_state()
+            self._updating = False
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 entry["val_loss"] = round(self.evaluate(), 4)
-            self.state["log"].append(entry)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=entry.get("val_loss", ""),
                             tok_s=f"{(self.state['tokens']) / max(self.state['seconds'], 1e-9):.0f}")
             out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
+            stop = self._stop_requested and step < cfg.max_steps
             if self.acc.num_processes > 1:  # every rank must stop at the same step
-                flag = torch.tensor([int(out_of_time)], device=self.acc.device)
-                out_of_time = bool(self.acc.gather(flag).max())
-            if step % cfg.save_every == 0 or out_of_time:
+                flags = torch.tensor([int(out_of_time), int(stop)], device=self.acc.device)
+                out_of_time, stop = (bool(f) for f in self.acc.gather(flags).view(-1, 2).max(0).values)
+            if step % cfg.save_every == 0 or out_of_time or stop:
                 self._save_checkpoint()
+            if stop:
+                return "interrupt"
             if out_of_time and step < cfg.max_steps:
-                stopped_by_budget = True
-                break
-        bar.close()
-        if stopped_by_budget:
-            self.acc.print(f"dlm train: --max-minutes {cfg.max_minutes} reached at step {step}/{cfg.max_steps}; "
-                           f"checkpoint in {self.ckpt}. Run the same command again to continue.")
-            return {"finished": False, "main_process": self.acc.is_main_process, **self.state}
-        self._finish()
-        return {"finished": True, "main_process": self.acc.is_main_process, **self.state}
+                return "budget"
+        return "done"
+
+    def _already_finished(self) -> dict:
+        saved = self.plan.saved
+        self._say(f"dlm train: {self.out} already holds this finished run ({saved['step']} steps); nothing to do. "
+                  "To train it further, pass --continue-finished with a higher --max-steps")
+        return {"finished": True, "already_finished": True, "main_process": self.acc.is_main_process,
+                **{k: saved[k] for k in ("step", "tokens", "seconds", "log")}}
 
     def _finish(self) -> None:
         from dlm.train.model_card import write_model_card
@@ -308,21 +494,41 @@ class Trainer:
             return
         from dlm.models.loading import save_pretrained
 
-        self.model.config["dlm_training"] = {
-            "objective": self.cfg.objective, "task": self.cfg.task, "steps": self.state["step"],
-            "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1), "init": self.cfg.init,
+        cfg = self.cfg
+        training = {
+            "objective": cfg.objective, "task": cfg.task, "steps": self.state["step"],
+            "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1), "init": cfg.init,
+            "seq_len": cfg.seq_len,
             "final_val_loss": next((e["val_loss"] for e in reversed(self.state["log"]) if "val_loss" in e), None),
         }
-        if self.cfg.task == "sft":
-            self.model.config["dlm_generation"] = {"gen_length": self.cfg.answer_length}
+        if self.state["previous"] is not None:
+            training["continued_from_step"] = self.state["phase_start"]
+        self.model.config["dlm_training"] = training
+        if cfg.task == "sft":
+            self.model.config["dlm_generation"] = {"gen_length": cfg.answer_length}
+        else:  # a pretrained (base) model was never trained on chat-formatted prompts
+            self.tokenizer.chat_template = None
+            (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
         self.model.path = None
-        save_pretrained(self.model, self.out, dtype=getattr(torch, self.cfg.save_dtype))
-        run = {"config": _jsonable(self.cfg), "data": self.data_stats, "processes": self.acc.num_processes,
-               "hardware": _hardware(), "versions": software_versions(), **self.state}
-        (self.out / "training_log.json").write_text(json.dumps(run, indent=1) + "\n")
+        save_pretrained(self.model, self.out, dtype=getattr(torch, cfg.save_dtype))
+        run = {"config": _jsonable(cfg), "data": self.data_stats, "processes": self.acc.num_processes,
+               "hardware": _hardware(), "versions": software_versions(), "warmup_steps": self.warmup, **self.state}
+        tmp = self.out / "training_log.json.tmp"
+        tmp.write_text(json.dumps(run, indent=1) + "\n")
+        os.replace(tmp, self.out / "training_log.json")
         write_model_card(self.out, run, self.model)
         if self.ckpt.exists():
             shutil.rmtree(self.ckpt)
+
+
+def _rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def _jsonable(cfg: TrainConfig) -> dict:
@@ -338,4 +544,3 @@ def _hardware() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-

@@ -41,7 +41,7 @@ class Task:
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     # task options a user may set with --task-option KEY=VALUE, with their defaults
     options: ClassVar[dict[str, Any]] = {}
-    default_data: ClassVar[str | None] = None  # path relative to the repository root, if the repo ships it
+    default_data: ClassVar[str | None] = None  # the shipped data set used without --data (dlm.paths.SHIPPED_DATA)
     accepts_txt: ClassVar[bool] = False  # whether --data may be a plain .txt file
 
     def __init__(self, data: str | Path | None = None, **options: Any):
@@ -60,10 +60,11 @@ class Task:
         self.data = Path(data)
 
     def _default_data_path(self) -> Path:
+        """The shipped copy (the same one ``dlm train`` reads, whatever the current directory)."""
         if self.default_data is not None:
-            for root in (Path.cwd(), Path(__file__).resolve().parents[4]):
-                if (root / self.default_data).exists():
-                    return root / self.default_data
+            from dlm.paths import shipped_data
+
+            return shipped_data(self.default_data)
         raise DLMError(f"task {self.name!r} needs --data (a local file or directory in the Hugging Face "
                        f"dataset layout; nothing is downloaded)")
 
@@ -97,7 +98,9 @@ class Task:
     def data_settings(self) -> dict[str, Any]:
         """What identifies the data (path, files, fingerprint), recorded with every result."""
         files = self.files()
-        return {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": fingerprint(files)}
+        combined, per_file = fingerprint(files)
+        return {"data": str(self.data), "files": [str(f) for f in files], "data_sha256": combined,
+                "files_sha256": per_file}
 
     def select(self, examples: list[Example], limit: int | None, seed: int, fits=None) -> tuple[list[Example], int]:
         """A seeded shuffle of ``examples``, then the first ``limit`` that ``fits`` (all when None).

@@ -105,7 +105,7 @@ class Debian(SummarizationTask):
     source_fields = ("description",)
     reference_fields = ("synopsis",)
     gen_length = 32
-    default_data = "data/debian"
+    default_data = "debian"
     options = {"split": "test", "max_source_words": 0, "max_prompt_tokens": 224}
 
     @property
