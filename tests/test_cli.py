@@ -117,7 +117,7 @@ def test_help_still_works(capsys):
 
 @pytest.mark.parametrize("option, hint", [
     ("sampler=ar", "use --sampler"), ("seed=3", "use --seed"), ("return_dict=true", "use --json"),
-    ("output_history=1", "use --json --history"), ("attention_mask=1", "pads a batch itself"),
+    ("output_history=1", "use --json --history"), ("attention_mask=1", "sets attention_mask itself"),
 ])
 def test_reserved_option_keys_name_the_flag(capsys, tiny_llada_dir, option, hint):
     code, _, err = run(capsys, "generate", "--model", str(tiny_llada_dir), "--prompt-ids", "1", "-o", option)

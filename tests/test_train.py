@@ -281,12 +281,12 @@ def test_continue_finished_trains_on_from_the_finished_step(tmp_path, data_dir, 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("x"), "is a file"),
     (lambda p: (p.mkdir(), (p / "notes.txt").write_text("keep me")), r"is not empty \(notes.txt\)"),
-    (lambda p: p.parent.joinpath("blocker").write_text("x"), "cannot write to --out"),
+    (lambda p: p.parent.joinpath("blocker").write_text("x"), "blocker is a file, not a folder"),
 ])
 def test_out_that_is_not_a_run_is_refused_before_any_work(tmp_path, make, message, tokenised_cache):
     out = tmp_path / "out"
     make(out)
-    if message.startswith("cannot"):
+    if "blocker" in message:
         out = tmp_path / "blocker" / "out"  # a folder under a file cannot be created
     cfg = TrainConfig(out=str(out), data="/does/not/exist", tokenizer=str(TOKENIZER))  # the data is never read
     with pytest.raises(DLMError, match=message):

@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from dlm.cli_options import sampler_option_values, with_flag_options
 from dlm.errors import DLMError, first_line
 from dlm.sampling.batching import generate_answers
 
@@ -48,48 +49,12 @@ def _parse_ids(text: str) -> list[int]:
         raise DLMError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
 
 
-def _parse_option(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise DLMError(f"--option expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip().replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip().replace("-", "_"), value
-
-
-# dlm.generate() arguments that are not sampler options: -o cannot set them
-RESERVED_OPTIONS = {
-    "sampler": "use --sampler", "seed": "use --seed (and --seed-per-prompt)", "return_dict": "use --json",
-    "output_history": "use --json --history", "progress": "use --progress / --no-progress",
-    "model": "use --model", "input_ids": "use --prompt, --prompt-ids or --prompts-file",
-    "attention_mask": "the command pads a batch itself",
-}
-
-# sampler options that have their own flag: option name -> flag
-OPTION_FLAGS = {
-    "gen_length": "--gen-length", "steps": "--steps", "block_length": "--block-length",
-    "temperature": "--temperature", "cfg_scale": "--cfg-scale", "remasking": "--remasking", "mask_id": "--mask-id",
-    "logits_eos_inf": "--logits-eos-inf", "confidence_eos_eot_inf": "--confidence-eos-eot-inf",
-}
-
-
-def _generate_options(args: argparse.Namespace) -> dict[str, object]:
-    """Sampler options from the flags and ``-o KEY=VALUE``; a key given twice is an error."""
-    flags = {name: getattr(args, name) for name in OPTION_FLAGS}
-    options = {k: v for k, v in flags.items() if v is not None and v is not False}  # False: switch not given
-    seen: set[str] = set()
-    for text in args.option or []:
-        key, value = _parse_option(text)
-        if key in RESERVED_OPTIONS:
-            raise DLMError(f"-o {key}=... is not a sampler option; {RESERVED_OPTIONS[key]}")
-        if key in seen:
-            raise DLMError(f"-o {key} is given twice")
-        if key in options:
-            raise DLMError(f"-o {key} repeats {OPTION_FLAGS[key]}; give it once")
-        seen.add(key)
-        options[key] = value
-    return options
+# the arguments of dlm.generate() that dlm generate has a flag for (-o cannot set them)
+GENERATE_FLAGS = {"sampler": "--sampler", "seed": "--seed (and --seed-per-prompt)", "return_dict": "--json",
+                  "output_history": "--json --history", "progress": "--progress / --no-progress"}
+# sampler options that have their own flag
+OPTION_FLAGS = ("gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "mask_id",
+                "logits_eos_inf", "confidence_eos_eot_inf")
 
 
 def _utf8_arg(text: str, what: str) -> str:
@@ -176,7 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.history and not args.json:
         raise DLMError("--history needs --json")
-    options = _generate_options(args)
+    options = with_flag_options(sampler_option_values(args.option, "generate", GENERATE_FLAGS),
+                                {name: getattr(args, name) for name in OPTION_FLAGS})
     if args.prompt_ids is not None:  # (id, text) per prompt, read before the model loads
         entries, prompts = [(None, None) for _ in args.prompt_ids], [_parse_ids(p) for p in args.prompt_ids]
     else:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from dlm.cli_options import key_values, sampler_option_values, with_flag_options
 from dlm.errors import DLMError
 
 # flags for what is not a sampler option (-o seed=3 is refused with "use --seed")
@@ -27,38 +28,6 @@ def _parse_budgets(text: str | None) -> list[int] | None:
     return budgets
 
 
-def _key_values(items: list[str] | None, flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` items as a dict (values parsed as JSON where they are JSON); a key given twice is refused."""
-    from dlm.cli import _parse_option
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise DLMError(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = _parse_option(item)
-        if key in out:
-            raise DLMError(f"{flag} {key}=... is given twice; give it once")
-        out[key] = value
-    return out
-
-
-def sampler_option_values(items: list[str] | None, command: str, flags: dict[str, str]) -> dict[str, object]:
-    """``-o KEY=VALUE`` sampler options; arguments of ``dlm.generate`` that are not sampler options
-    (``sampler``, ``seed``, ``return_dict``, ``output_history``, ...) are refused, naming the flag to use."""
-    import inspect
-
-    from dlm.sampling import generate
-
-    call_args = {p.name for p in inspect.signature(generate).parameters.values() if p.kind != p.VAR_KEYWORD}
-    options = _key_values(items, "-o")
-    for key in options:
-        if key in flags:
-            raise DLMError(f"-o {key}=... is not a sampler option; use {flags[key]}")
-        if key in call_args:
-            raise DLMError(f"-o {key}=... is not a sampler option (dlm {command} sets {key} itself); leave it out")
-    return options
-
-
 def _print_table(summary: dict) -> None:
     """The run's metrics per budget: the task's own (as in ``dlm report``) and a few diagnostics."""
     from dlm.eval.report import format_value, task_metrics
@@ -75,12 +44,12 @@ def _print_table(summary: dict) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import dlm
-    from dlm.eval.outputs import check_output_dir
+    from dlm.outputs import check_output_dir
     from dlm.eval.runner import EvalConfig, run_eval
     from dlm.eval.tasks import get_task
 
     # everything that can be checked without the model is checked before it loads
-    task = get_task(args.task, args.data, **_key_values(args.task_option, "--task-option"))
+    task = get_task(args.task, args.data, **key_values(args.task_option, "--task-option"))
     budgets = _parse_budgets(args.nfe)
     options = sampler_option_values(args.option, "eval", EVAL_FLAGS)
     out_dir = check_output_dir(args.out)
@@ -144,20 +113,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     import dlm
-    from dlm.eval.outputs import check_output_file
+    from dlm.outputs import check_output_file
     from dlm.eval.trace import SUFFIXES, trace
 
     out = check_output_file(args.out, SUFFIXES, overwrite=args.overwrite)
     if args.fps <= 0:
         raise DLMError(f"--fps must be > 0, got {args.fps}")
-    options = sampler_option_values(args.option, "trace", TRACE_FLAGS)
-    for key in ("steps", "gen_length", "block_length", "temperature"):
-        value = getattr(args, key)
-        if value is None:
-            continue
-        if key in options:
-            raise DLMError(f"--{key.replace('_', '-')} and -o {key}=... both given; give one")
-        options[key] = value
+    options = with_flag_options(sampler_option_values(args.option, "trace", TRACE_FLAGS),
+                                {key: getattr(args, key) for key in ("steps", "gen_length", "block_length", "temperature")})
     chat = None if args.chat == "auto" else args.chat == "on"
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
     path = trace(model, args.prompt, out, sampler=args.sampler, seed=args.seed, fps=args.fps, chat=chat,

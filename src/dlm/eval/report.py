@@ -136,7 +136,7 @@ def seeds(settings: dict[str, Any]) -> str:
 
 def write_report(results: Path, out: Path | None = None) -> list[Path]:
     """Write ``{task}.png`` per task and ``report.md`` into ``out`` (default ``results``)."""
-    from dlm.eval.outputs import check_output_dir
+    from dlm.outputs import check_output_dir
 
     summaries = load_summaries(results)
     out = check_output_dir(out or results, "--out" if out is not None else "RESULTS")  # before any plotting

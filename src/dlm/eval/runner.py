@@ -185,7 +185,7 @@ def _check_resume(summary_path: Path, settings: dict[str, Any]) -> str | None:
 
 def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate ``model`` on ``cfg.task``; returns the summary (also written to disk)."""
-    from dlm.eval.outputs import check_output_dir
+    from dlm.outputs import check_output_dir
     from dlm.provenance import software_versions
 
     task = cfg.task

@@ -131,7 +131,7 @@ def render_gif(traj: dict[str, Any], path: Path, fps: float = 2.0, columns: int 
 def trace(model, prompt: str, out: Path, sampler: str | None = None, seed: int = 0, fps: float = 2.0,
           chat: bool | None = None, overwrite: bool = False, **options) -> Path:
     """Render the trajectory of ``prompt`` to ``out`` (.html or .gif); an existing file only with ``overwrite``."""
-    from dlm.eval.outputs import check_output_file
+    from dlm.outputs import check_output_file
 
     out = check_output_file(out, SUFFIXES, overwrite=overwrite)  # before the generation, not after
     if fps <= 0:

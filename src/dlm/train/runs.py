@@ -14,11 +14,11 @@ refused here, before any model is built or any data tokenised.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dlm.errors import DLMError, first_line
+from dlm.outputs import check_output_dir
 
 # Where and how a run was asked for, not how it trains: never a reason to refuse a rerun.
 IGNORED_KEYS = ("out", "continue_finished")
@@ -71,14 +71,10 @@ def _read(path: Path, what: str) -> dict:
 
 
 def check_writable(out: Path) -> None:
-    """Create ``out`` and write (then delete) a file in it, or raise a DLMError saying why not."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".dlm-write-test-{os.getpid()}"  # the prefix is ignored by plan_run
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DLMError(f"cannot write to --out {out} ({e.strerror or first_line(e)})") from None
+    """Create ``out`` (the run's folder) after making sure a file can be written there, or raise a
+    DLMError saying why not."""
+    check_output_dir(out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def plan_run(out: Path, config: dict, continue_finished: bool = False) -> RunPlan:
@@ -115,7 +111,7 @@ def plan_run(out: Path, config: dict, continue_finished: bool = False) -> RunPla
     if continue_finished:
         raise DLMError(f"--continue-finished: {out} holds no finished run to continue; drop the flag to start one")
     if out.is_dir():
-        leftovers = ("checkpoint.tmp", ".dlm-write-test-")  # of a first save or a write test cut short
+        leftovers = ("checkpoint.tmp", ".dlm-probe-")  # of a first save or a write test cut short
         others = sorted(p.name for p in out.iterdir() if not p.name.startswith(leftovers))
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")

@@ -1,4 +1,4 @@
-"""Output locations of ``dlm eval``, ``dlm report`` and ``dlm trace``, checked before any work.
+"""Output locations of ``dlm train``, ``dlm eval``, ``dlm report`` and ``dlm trace``, checked before any work.
 
 A run that can only fail when it writes its result should fail before it loads a model or
 generates anything: these checks create nothing that is not there afterwards (a probe file, and
