@@ -165,3 +165,21 @@ def test_data_command_defaults_are_the_shipped_folders(monkeypatch, tmp_path):
     args = build_parser().parse_args(["data", "tokenizer"])
     assert (args.data, args.out) == (None, None)  # resolved by dlm.paths, not against the current directory
     assert shipped_data_target("tokenizer") == TOKENIZER and shipped_data_target("debian") == DATA
+
+
+def test_data_commands_refuse_to_replace_existing_files_without_overwrite(tmp_path, monkeypatch, capsys):
+    rows = [json.dumps({"synopsis": f"tool {i}", "description": f"Tool {i} does thing {i} well."}).encode()
+            for i in range(50)]
+    _split(tmp_path / "d", rows)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("keep me")
+    assert main(["data", "tokenizer", "--data", "d", "--out", "tok", "--vocab-size", "300"]) == 2
+    assert "already holds files; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() == "keep me"
+    assert main(["data", "tokenizer", "--data", "d", "--out", "tok", "--vocab-size", "300", "--overwrite"]) == 0
+    assert (tmp_path / "tok" / "tokenizer.json").read_text() != "keep me"
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.jsonl.xz").write_text("x")
+    assert main(["data", "build", "--out", "corpus", "--lists", str(tmp_path / "no-lists")]) == 2
+    assert "already holds files; pass --overwrite" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import json
 from dlm.errors import DLMError
 from dlm.train.build import ARCHS, ModelSize
 from dlm.train.objectives import OBJECTIVES
-from dlm.train.trainer import DEFAULT_WARMUP
+from dlm.train.config import DEFAULT_WARMUP
 
 SIZE_OPTIONS = ("d_model", "n_layers", "n_heads", "mlp_hidden", "max_positions")
 NEW_MODEL_OPTIONS = ("arch", "tokenizer", *SIZE_OPTIONS)  # refused with --init, not ignored

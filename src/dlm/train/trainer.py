@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -23,7 +22,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,112 +29,12 @@ import torch
 from dlm.errors import DLMError, first_line
 from dlm.provenance import cpu_model, software_versions
 from dlm.train import cache
-from dlm.train.build import ModelSize, check_training_length, load_for_training, new_model
+from dlm.train.build import check_training_length, load_for_training, new_model
+from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
 from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
                             pretraining_text, sft_examples, to_tensors)
-from dlm.train.objectives import OBJECTIVES, anneal_ratio, causal_lm_loss, diffusion_loss
+from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
 from dlm.train.runs import plan_run
-
-DEFAULT_WARMUP = 100  # steps; runs shorter than 10 x this warm up over a tenth of their steps
-
-
-@dataclass
-class TrainConfig:
-    out: str
-    objective: str = "mdm"  # causal | mdm | a2d
-    task: str = "pretrain"  # pretrain (packed text) | sft (summarisation pairs)
-    init: str | None = None  # checkpoint dir to start from; None = a new model of `arch` and `size`
-    arch: str = "llada"
-    size: ModelSize = field(default_factory=ModelSize)
-    tokenizer: str | None = None  # for a new model; None = the shipped data/tokenizer
-    data: str | None = None  # None = the shipped data/debian
-    seq_len: int = 256
-    answer_length: int = 32  # SFT answer block (synopsis + EOS fill)
-    instruction_dropout: float = 0.0
-    batch_size: int = 8  # per process and micro-step
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # None = DEFAULT_WARMUP, or a tenth of a shorter run (see warmup_steps())
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: int = 1000
-    max_minutes: float | None = None
-    anneal_steps: int = 0  # a2d: steps of attention-mask annealing (causal -> full)
-    eval_every: int = 100
-    eval_batches: int = 8
-    save_every: int = 100
-    seed: int = 0
-    save_dtype: str = "float32"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    name: str | None = None  # model name for the card
-    progress: bool = True
-    continue_finished: bool = False  # train a finished run in `out` further (its weights, a new optimizer)
-
-    def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise DLMError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.task not in ("pretrain", "sft"):
-            raise DLMError(f"--task must be pretrain or sft, got {self.task!r}")
-        if self.objective == "a2d" and self.task == "sft":
-            raise DLMError("a2d adapts on pretraining text; fine-tune the adapted model with --objective mdm --task sft")
-        if self.objective == "a2d" and self.init is None:
-            raise DLMError("a2d adapts an autoregressive model: pass --init DIR of a causal LM (e.g. tiny-ar)")
-        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "eval_batches",
-                     "answer_length"):
-            if getattr(self, name) < 1:
-                raise DLMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.init is None:
-            for name, value in asdict(self.size).items():
-                if name != "rope_theta" and value < 1:
-                    raise DLMError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        elif self.tokenizer is not None:
-            raise DLMError("--tokenizer is for a new model; --init DIR trains with the tokenizer saved in DIR")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise DLMError(f"--lr must be a positive number, got {self.lr}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise DLMError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if self.warmup_steps is not None and self.warmup_steps >= self.max_steps:
-            raise DLMError(f"--warmup-steps {self.warmup_steps} must be below --max-steps {self.max_steps}, "
-                           "or the learning rate never reaches --lr")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise DLMError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.save_dtype not in ("float32", "bfloat16", "float16"):
-            raise DLMError(f"--save-dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
-        if not 0.0 <= self.instruction_dropout <= 1.0:
-            raise DLMError(f"--instruction-dropout must be in [0, 1], got {self.instruction_dropout}")
-        if self.task == "sft" and self.answer_length >= self.seq_len:
-            raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
-                           f"--seq-len {self.seq_len}")
-
-    def resolved(self) -> TrainConfig:
-        """A copy with absolute paths: ``data`` and a new model's ``tokenizer`` default to the shipped
-        folders wherever the command runs from; typed paths are relative to the current directory."""
-        from dlm.paths import data_path
-
-        init = self.init
-        if init is not None and Path(init).expanduser().exists():  # else a shipped model's name
-            init = str(Path(init).expanduser().resolve())
-        tokenizer = None if init is not None else str(data_path(self.tokenizer, "tokenizer").resolve())
-        return replace(self, data=str(data_path(self.data, "debian").resolve()), tokenizer=tokenizer, init=init)
-
-
-def warmup_steps(cfg: TrainConfig, start: int = 0) -> int:
-    """Warm-up steps of a schedule from ``start`` to ``max_steps``: ``cfg.warmup_steps``, or by default
-    DEFAULT_WARMUP capped at a tenth of the steps."""
-    if cfg.warmup_steps is not None:
-        return cfg.warmup_steps
-    return min(DEFAULT_WARMUP, (cfg.max_steps - start) // 10)
-
-
-def lr_at(step: int, cfg: TrainConfig, start: int = 0) -> float:
-    """Linear warm-up from ``start``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
-    warmup, s, total = warmup_steps(cfg, start), step - start, cfg.max_steps - start
-    if s < warmup:
-        return cfg.lr * (s + 1) / warmup
-    progress = min(1.0, (s - warmup) / max(1, total - warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
@@ -147,7 +45,7 @@ class Trainer:
         self.out = Path(cfg.out).expanduser()
         self.ckpt = self.out / "checkpoint"
         # Refuse a --out that holds something else (or a finished run with other settings) before any work.
-        self.plan = plan_run(self.out, _jsonable(cfg), cfg.continue_finished)
+        self.plan = plan_run(self.out, settings_json(cfg), cfg.continue_finished)
         # With no GPU, run on CPU explicitly: under torchrun (`accelerate launch --multi_gpu`) this
         # makes accelerate use gloo across processes instead of treating each as a lone run.
         has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
@@ -331,7 +229,7 @@ class Trainer:
             quiet.setLevel(level)
         self.acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is renamed
         if self.acc.is_main_process:
-            (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": _jsonable(self.cfg),
+            (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": settings_json(self.cfg),
                                                             "processes": self.acc.num_processes}, indent=1))
             if self.ckpt.exists():
                 shutil.rmtree(self.ckpt)
@@ -511,7 +409,7 @@ class Trainer:
             (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
         self.model.path = None
         save_pretrained(self.model, self.out, dtype=getattr(torch, cfg.save_dtype))
-        run = {"config": _jsonable(cfg), "data": self.data_stats, "processes": self.acc.num_processes,
+        run = {"config": settings_json(cfg), "data": self.data_stats, "processes": self.acc.num_processes,
                "hardware": _hardware(), "versions": software_versions(), "warmup_steps": self.warmup, **self.state}
         tmp = self.out / "training_log.json.tmp"
         tmp.write_text(json.dumps(run, indent=1) + "\n")
@@ -529,13 +427,6 @@ def _set_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-def _jsonable(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d.pop("progress", None)
-    d.pop("max_minutes", None)  # a budget, not a setting: a resumed run may have another
-    return d
 
 
 def _hardware() -> dict:
