@@ -7,6 +7,7 @@ import inspect
 import math
 
 import pytest
+import numpy
 import torch
 import torch.nn.functional as F
 
@@ -90,6 +91,8 @@ def test_loglikelihood_scores_each_row_of_a_batch(tiny_llada):
     assert two == [one, one]
     ragged = dlm.loglikelihood(tiny_llada, [[1, 2, 3], [9]], [[4, 5, 6, 7], [8, 8]], **kw)
     assert ragged[0] == one and ragged[1] == dlm.loglikelihood(tiny_llada, [9], [8, 8], **kw)
+    assert dlm.loglikelihood(tiny_llada, numpy.array([[1, 2, 3]] * 2), numpy.array([[4, 5, 6, 7]] * 2), **kw) == two
+    assert dlm.loglikelihood(tiny_llada, list(torch.tensor([1, 2, 3])), [4, 5, 6, 7], **kw) == one  # 0-d ids
     shared_prompt = dlm.loglikelihood(tiny_llada, [1, 2, 3], [[4, 5, 6, 7], [8, 8]], **kw)
     assert shared_prompt[0] == one and len(shared_prompt) == 2
     with pytest.raises(dlm.DLMError, match="2 rows but answer has 3"):

@@ -183,3 +183,16 @@ def test_eval_tasks_json(capsys):
     assert tasks["perplexity"]["kind"] == "score" and tasks["perplexity"]["higher_is_better"] is False
     assert run_cli("eval-tasks") == 0
     assert "eos_block" in capsys.readouterr().out
+
+
+def test_model_identity_of_a_hub_snapshot_and_of_a_model_in_memory(tmp_path):
+    """A Hugging Face cache snapshot is named ORG/NAME (not its revision hash); a model without a path is 'model'."""
+    from types import SimpleNamespace
+
+    from dlm.eval.runner import model_identity
+
+    snap = tmp_path / "hub" / "models--GSAI-ML--LLaDA-8B-Instruct" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    ident = model_identity(SimpleNamespace(path=str(snap)))
+    assert ident == {"model": "GSAI-ML/LLaDA-8B-Instruct", "model_path": str(snap), "model_shipped": False}
+    assert model_identity(SimpleNamespace(path=None))["model"] == "model"

@@ -156,6 +156,32 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data_dir):
         torch.testing.assert_close(va, vb, msg=k)
 
 
+@pytest.mark.parametrize("cut", ["after_first_rename", "before_any_rename"])
+def test_a_checkpoint_swap_cut_short_is_completed_on_resume(tmp_path, data_dir, cut):
+    """A kill inside a checkpoint save leaves a complete checkpoint under another name: it is found."""
+    from dlm.train.runs import recover_checkpoint
+
+    size = dict(objective="mdm", arch="llada", size=TINY, tokenizer=str(TOKENIZER), max_steps=3, save_every=10)
+    Trainer(_cfg(tmp_path, data_dir, "straight", **size)).train()
+    out = tmp_path / "cut"
+    assert not Trainer(_cfg(tmp_path, data_dir, "cut", max_minutes=1e-9, **size)).train()["finished"]
+    if cut == "after_first_rename":  # checkpoint -> checkpoint.old done, checkpoint.tmp -> checkpoint not yet
+        (out / "checkpoint").rename(out / "checkpoint.old")
+    else:  # the new checkpoint.tmp is complete, the old checkpoint still in place (here: a partial one)
+        (out / "checkpoint").rename(out / "checkpoint.tmp")
+        (out / "checkpoint").mkdir()
+        (out / "checkpoint" / "partial").write_text("x")
+    resumed = Trainer(_cfg(tmp_path, data_dir, "cut", **size)).train()
+    assert resumed["finished"] and [e["step"] for e in resumed["log"]] == [1, 2, 3]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == []
+    a, b = dlm.load(tmp_path / "straight"), dlm.load(out)
+    for (k, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=k)
+    (out / "checkpoint.tmp").mkdir()  # a save cut short before its state file: dropped
+    recover_checkpoint(out)
+    assert not (out / "checkpoint.tmp").exists() and not (out / "checkpoint").exists()
+
+
 @pytest.mark.parametrize("arch", ["llada", "llama"])
 def test_gradient_checkpointing_gives_the_same_step(tmp_path, data_dir, arch):
     kw = dict(objective="mdm", arch=arch, size=TINY, tokenizer=str(TOKENIZER), max_steps=2, eval_every=2,
@@ -176,6 +202,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, data_dir):
 
 @pytest.mark.parametrize("kw, message", [
     (dict(objective="a2d"), "pass --init"),
+    (dict(objective="causal", arch="llada"), "pass --arch llama"),
     (dict(objective="a2d", init="x", task="sft"), "fine-tune the adapted model"),
     (dict(objective="nope"), "--objective"),
     (dict(batch_size=0), "--batch_size"),
@@ -362,7 +389,9 @@ def test_cli_rerun_and_interrupt_from_another_directory(tmp_path, data_dir, monk
 def test_default_paths_do_not_depend_on_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = TrainConfig(out="o").resolved()
-    assert (cfg.data, cfg.tokenizer) == (str(ROOT / "data" / "debian"), str(TOKENIZER))
+    assert (cfg.data_dir(), cfg.tokenizer_dir()) == (ROOT / "data" / "debian", TOKENIZER)
+    # recorded as None (the shipped data), not as this checkout's absolute path: a moved checkout resumes
+    assert (cfg.data, cfg.tokenizer) == (None, None)
     typed = TrainConfig(out="o", data="mine", tokenizer="~/tok").resolved()
     assert typed.data == str(tmp_path / "mine") and typed.tokenizer == str(Path.home() / "tok")
     assert TrainConfig(out="o", init="tiny-ar").resolved().init == "tiny-ar"  # a shipped name stays a name

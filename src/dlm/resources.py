@@ -9,6 +9,7 @@ fails in a second instead of being OOM-killed minutes later.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -25,14 +26,19 @@ def format_bytes(n: float) -> str:
 
 
 def _cgroup_free() -> int | None:
-    """Bytes left under this process's cgroup v2 memory limit, if it has one."""
-    limit, current = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    """Bytes left under this process's cgroup v2 memory limit, if it has one. Page cache the
+    kernel can drop (``inactive_file``, e.g. a checkpoint just read) counts as free."""
+    root = Path("/sys/fs/cgroup")
     try:
-        raw = limit.read_text().strip()
+        raw = (root / "memory.max").read_text().strip()
         if raw == "max":
             return None
-        return max(0, int(raw) - int(current.read_text().strip()))
-    except (OSError, ValueError):
+        used = int((root / "memory.current").read_text().strip())
+        for line in (root / "memory.stat").read_text().splitlines():
+            if line.startswith("inactive_file "):
+                used -= int(line.split()[1])
+        return max(0, int(raw) - max(used, 0))
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -59,27 +65,32 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
 
 
 def forward_bytes(batch: int, length: int, d_model: int, n_heads: int, n_layers: int, vocab: int,
-                  mlp_hidden: int | None = None, training: bool = False) -> int:
-    """Estimated peak bytes of one forward pass (plus backward when ``training``) in float32.
+                  mlp_hidden: int | None = None, training: bool = False, dtype_bytes: int = 4) -> int:
+    """Estimated peak bytes of one forward pass (plus backward when ``training``).
 
-    Inference holds one layer at a time: attention scores (B, H, L, L) twice (scores and softmax),
-    the additive mask (B, 1, L, L), a layer's activations and the logits (B, L, V) twice (logits and
-    softmax). Training keeps every layer's activations and scores for backward.
+    Inference holds one layer at a time: the additive mask (B, 1, L, L) and the layer's activations
+    in the model's dtype (``dtype_bytes``), one head's attention scores (B, 1, L, L) in float32 (SDPA
+    kernels go head by head) and the logits (B, L, V) twice in float32 (logits and softmax).
+    Training keeps every layer's activations and all heads' attention probabilities for backward.
+    Measured on CPU it is 1.3-3x above the real peak: it refuses only what clearly cannot fit.
     """
     mlp_hidden = mlp_hidden or 4 * d_model
     f32 = 4
-    scores = batch * n_heads * length * length * f32 * 2
-    mask = batch * length * length * f32
-    acts = batch * length * (8 * d_model + 3 * mlp_hidden) * f32
+    mask = batch * length * length * dtype_bytes
+    acts = batch * length * (8 * d_model + 3 * mlp_hidden) * dtype_bytes
     logits = batch * length * vocab * f32 * 2
     if training:
-        return n_layers * (scores + acts) + mask + logits * 2
-    return scores + mask + acts + logits
+        probs = batch * n_heads * length * length * f32
+        return n_layers * (probs + acts) + mask + logits * 2
+    return mask + batch * length * length * f32 + acts + logits
 
 
 def require_memory(needed: int, device: torch.device | str, what: str, hint: str = "") -> None:
     """Raise a DLMError when ``needed`` bytes clearly exceed what ``device`` has free."""
+    if os.environ.get("DLM_SKIP_MEMORY_CHECK") == "1":
+        return
     avail = available_bytes(device)
     if avail is not None and needed > avail:
         raise DLMError(f"{what} needs about {format_bytes(needed)} of memory but only {format_bytes(avail)} is free "
-                       f"on {torch.device(device)}" + (f"; {hint}" if hint else ""))
+                       f"on {torch.device(device)}" + (f"; {hint}" if hint else "") + " (the estimate is an upper bound; "
+                       "DLM_SKIP_MEMORY_CHECK=1 runs anyway)")

@@ -11,6 +11,7 @@ the per-round mean loss; the prompt is never masked. It lower-bounds the log-lik
 
 from __future__ import annotations
 
+import numpy
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +52,8 @@ def _rows(value, name: str) -> tuple[list[torch.Tensor], bool]:
 
     1-D ids are one row; a 2-D tensor (B, n) or a list of id lists is a batch of B rows.
     """
+    if isinstance(value, numpy.ndarray):
+        value = torch.as_tensor(value)  # a (B, n) array is a batch, as a tensor would be
     if isinstance(value, torch.Tensor):
         if value.dim() > 2:
             raise DLMError(f"{name} must be 1-D token ids or a 2-D batch (B, length), got shape {tuple(value.shape)}")
@@ -60,7 +63,10 @@ def _rows(value, name: str) -> tuple[list[torch.Tensor], bool]:
             return [row.long().cpu() for row in value], True
         return [value.long().cpu().flatten()], False
     value = list(value)
-    if value and all(isinstance(v, (list, tuple, torch.Tensor)) for v in value):
+    def is_row(v) -> bool:  # a list of rows, not a list of ids (0-d tensors and numpy ints are ids)
+        return isinstance(v, (list, tuple)) or (isinstance(v, (torch.Tensor, numpy.ndarray)) and v.ndim > 0)
+
+    if value and all(is_row(v) for v in value):
         return [torch.as_tensor(v, dtype=torch.long).flatten() for v in value], True
     try:
         return [torch.as_tensor(value, dtype=torch.long).flatten()], False

@@ -78,15 +78,22 @@ def hardware(model) -> dict[str, Any]:
 
 
 def model_identity(model) -> dict[str, Any]:
-    """The loaded model's name (the shipped name, else its directory's name), path and whether it is shipped.
+    """The loaded model's name, path and whether it is shipped: the shipped name, ``ORG/NAME`` for a
+    snapshot in the Hugging Face cache (``.../models--ORG--NAME/snapshots/REV``), else its directory's
+    name; ``"model"`` for a model held only in memory.
 
     ``--model tiny-a2d-instruct`` and no ``--model`` load the same files, so they get the same name.
     """
     from dlm.models.default import pretrained_dir
 
+    if model.path is None:
+        return {"model": "model", "model_path": None, "model_shipped": False}
     path = Path(model.path).resolve()
     shipped = path.parent == pretrained_dir().resolve()
-    return {"model": path.name, "model_path": str(path), "model_shipped": shipped}
+    name = path.name
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        name = path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return {"model": name, "model_path": str(path), "model_shipped": shipped}
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -212,7 +219,7 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
               f"{task.opts.get('max_prompt_tokens')} (recorded in the summary)", file=sys.stderr)
 
     identity = model_identity(model)
-    name = cfg.name or f"{identity['model']}__{task.name}__{plan.sampler or 'model'}" + (
+    name = cfg.name or f"{identity['model'].replace('/', '--')}__{task.name}__{plan.sampler or 'model'}" + (
         f"-{cfg.preset}" if cfg.preset != "default" else "")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     samples_path = cfg.out_dir / f"{name}.samples.jsonl"

@@ -48,7 +48,7 @@ def check_length(model: Any, batch: int, total_length: int, what: str, training:
         raise DLMError(f"{what} = {total_length} tokens exceeds this model's {facts.max_length} positions "
                        f"(the maximum {source} declares as {facts.max_length_field})")
     dims = model_dims(model)
-    needed = forward_bytes(batch, total_length, training=training, **dims)
+    needed = forward_bytes(batch, total_length, training=training, dtype_bytes=model.dtype.itemsize, **dims)
     require_memory(needed, model.device, f"a forward pass over {batch} x {total_length} tokens ({what})",
                    hint="use a shorter length or a smaller batch")
     if facts.trained_length is not None and total_length > facts.trained_length:

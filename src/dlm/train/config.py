@@ -78,20 +78,34 @@ class TrainConfig:
             raise DLMError(f"--save-dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
         if not 0.0 <= self.instruction_dropout <= 1.0:
             raise DLMError(f"--instruction-dropout must be in [0, 1], got {self.instruction_dropout}")
+        if self.objective == "causal" and self.init is None and self.arch == "llada":
+            raise DLMError("--objective causal trains a causal LM: pass --arch llama (LLaDA is bidirectional)")
         if self.task == "sft" and self.answer_length >= self.seq_len:
             raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
                            f"--seq-len {self.seq_len}")
 
     def resolved(self) -> TrainConfig:
-        """A copy with absolute paths: ``data`` and a new model's ``tokenizer`` default to the shipped
-        folders wherever the command runs from; typed paths are relative to the current directory."""
-        from dlm.paths import data_path
+        """A copy with typed paths made absolute (relative to the current directory). Left out,
+        ``data`` and a new model's ``tokenizer`` stay None - the shipped folders, wherever the
+        command runs from and wherever the checkout lives (:meth:`data_dir`, :meth:`tokenizer_dir`),
+        so a moved checkout still resumes its runs."""
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else str(Path(path).expanduser().resolve())
 
         init = self.init
         if init is not None and Path(init).expanduser().exists():  # else a shipped model's name
-            init = str(Path(init).expanduser().resolve())
-        tokenizer = None if init is not None else str(data_path(self.tokenizer, "tokenizer").resolve())
-        return replace(self, data=str(data_path(self.data, "debian").resolve()), tokenizer=tokenizer, init=init)
+            init = absolute(init)
+        return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init)
+
+    def data_dir(self) -> Path:
+        from dlm.paths import data_path
+
+        return data_path(self.data, "debian")
+
+    def tokenizer_dir(self) -> Path:
+        from dlm.paths import data_path
+
+        return data_path(self.tokenizer, "tokenizer")
 
 
 def warmup_steps(cfg: TrainConfig, start: int = 0) -> int:

@@ -14,6 +14,7 @@ refused here, before any model is built or any data tokenised.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,16 +72,47 @@ def _read(path: Path, what: str) -> dict:
 
 
 def check_writable(out: Path) -> None:
-    """Create ``out`` (the run's folder) after making sure a file can be written there, or raise a
+    """Create ``out`` (the run's folder) and make sure a file can be written there, or raise a
     DLMError saying why not."""
+    if not out.exists():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # check_output_dir names what is in the way
     check_output_dir(out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
 
 
-def plan_run(out: Path, config: dict, continue_finished: bool = False) -> RunPlan:
-    """Decide what ``dlm train`` with ``config`` (TrainConfig as JSON) does in ``out``; refuse what it must not."""
+def recover_checkpoint(out: Path) -> None:
+    """Complete a checkpoint swap that was cut short, and drop partial leftovers.
+
+    A save writes ``checkpoint.tmp`` (its ``dlm_state.json`` last, so with that file it is
+    complete and the newest), renames ``checkpoint`` to ``checkpoint.old``, ``checkpoint.tmp`` to
+    ``checkpoint``, and deletes ``checkpoint.old``: after a kill at any point the newest complete
+    one is found here and becomes ``checkpoint`` again.
+    """
+    ckpt, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
+    complete = lambda d: (d / "dlm_state.json").is_file()  # noqa: E731
+    for newest in (tmp, ckpt, old):
+        if complete(newest):
+            if newest != ckpt:
+                if ckpt.exists():
+                    shutil.rmtree(ckpt)
+                newest.rename(ckpt)
+            break
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def plan_run(out: Path, config: dict, continue_finished: bool = False, is_main: bool = True) -> RunPlan:
+    """Decide what ``dlm train`` with ``config`` (TrainConfig as JSON) does in ``out``; refuse what it must not.
+
+    Only the main process (``is_main``) repairs an interrupted checkpoint swap; the others plan after it.
+    """
     if out.exists() and not out.is_dir():
         raise DLMError(f"--out {out} is a file; choose a new or empty directory")
+    if is_main and out.is_dir():
+        recover_checkpoint(out)
     if (out / STATE_FILE).exists():
         saved = _read(out / STATE_FILE, f"delete {out / 'checkpoint'} to start over")
         changed = changed_settings(saved["config"], config)
@@ -111,7 +143,7 @@ def plan_run(out: Path, config: dict, continue_finished: bool = False) -> RunPla
     if continue_finished:
         raise DLMError(f"--continue-finished: {out} holds no finished run to continue; drop the flag to start one")
     if out.is_dir():
-        leftovers = ("checkpoint.tmp", ".dlm-probe-")  # of a first save or a write test cut short
+        leftovers = (".dlm-probe-",)  # of a write test cut short
         others = sorted(p.name for p in out.iterdir() if not p.name.startswith(leftovers))
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")

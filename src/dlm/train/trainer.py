@@ -34,7 +34,7 @@ from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, 
 from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
                             pretraining_text, sft_examples, to_tensors)
 from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
-from dlm.train.runs import plan_run
+from dlm.train.runs import plan_run, recover_checkpoint
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
@@ -44,14 +44,20 @@ class Trainer:
         self.cfg = cfg = cfg.resolved()
         self.out = Path(cfg.out).expanduser()
         self.ckpt = self.out / "checkpoint"
-        # Refuse a --out that holds something else (or a finished run with other settings) before any work.
-        self.plan = plan_run(self.out, settings_json(cfg), cfg.continue_finished)
         # With no GPU, run on CPU explicitly: under torchrun (`accelerate launch --multi_gpu`) this
         # makes accelerate use gloo across processes instead of treating each as a lone run.
         has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
         self.acc = Accelerator(cpu=not has_gpu)
+        # Refuse a --out that holds something else (or a finished run with other settings) before any
+        # work. The main process goes first: it completes a checkpoint swap cut short and creates --out.
+        with self.acc.main_process_first():
+            self.plan = plan_run(self.out, settings_json(cfg), cfg.continue_finished, self.acc.is_main_process)
         if self.plan.kind == "finished":
             return
+        if self.plan.kind == "resume" and self.plan.saved.get("processes", 1) != self.acc.num_processes:
+            raise DLMError(f"{self.ckpt} was written by {self.plan.saved.get('processes', 1)} process(es), this run "
+                           f"has {self.acc.num_processes}; resume with the same number (data sharding and RNG depend "
+                           "on it)")
         self.state = {"step": 0, "tokens": 0, "seconds": 0.0, "log": [], "phase_start": 0, "previous": None}
         if self.plan.kind == "continue":
             prev = self.plan.saved
@@ -115,18 +121,19 @@ class Trainer:
 
     def _build_model(self):
         cfg = self.cfg
-        if self.plan.kind == "continue":
-            return load_for_training(self.out, cfg.objective)
+        if self.plan.kind == "continue" or (self.plan.kind == "resume" and self.plan.saved.get("previous")):
+            return load_for_training(self.out, cfg.objective)  # the finished model this run trains further
         if cfg.init is not None:
             return load_for_training(cfg.init, cfg.objective)
         from transformers import AutoTokenizer
 
-        if not Path(cfg.tokenizer).is_dir():
-            raise DLMError(f"tokenizer directory {cfg.tokenizer} does not exist; build it with `dlm data tokenizer`")
+        tok_dir = cfg.tokenizer_dir()
+        if not tok_dir.is_dir():
+            raise DLMError(f"tokenizer directory {tok_dir} does not exist; build it with `dlm data tokenizer`")
         try:
-            tok = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True, trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as e:
-            raise DLMError(f"cannot load the tokenizer at {cfg.tokenizer} ({first_line(e)}); "
+            raise DLMError(f"cannot load the tokenizer at {tok_dir} ({first_line(e)}); "
                            "build it with `dlm data tokenizer`") from None
         return new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
 
@@ -136,7 +143,7 @@ class Trainer:
         from dlm.data.debian import split_file
 
         cfg = self.cfg
-        files = [split_file(cfg.data, split) for split in ("train", "validation")]
+        files = [split_file(cfg.data_dir(), split) for split in ("train", "validation")]
         settings = {"task": cfg.task, "seq_len": cfg.seq_len}
         if cfg.task == "sft":
             settings.update(answer_length=cfg.answer_length, instruction_dropout=cfg.instruction_dropout,
@@ -159,7 +166,7 @@ class Trainer:
 
         cfg = self.cfg
         show = cfg.progress and self.acc.is_main_process
-        train, val = load_split(cfg.data, "train"), load_split(cfg.data, "validation")
+        train, val = load_split(cfg.data_dir(), "train"), load_split(cfg.data_dir(), "validation")
         if cfg.task == "pretrain":
             tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len, show,
                                           "tokenising train")
@@ -216,8 +223,8 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         tmp = self.out / "checkpoint.tmp"
-        if self.acc.is_main_process and tmp.exists():  # left by a save that was cut short
-            shutil.rmtree(tmp)
+        if self.acc.is_main_process:
+            recover_checkpoint(self.out)  # a swap cut short is completed; a partial checkpoint.tmp goes
         self.acc.wait_for_everyone()
         # accelerate warns about tied weights (embedding = head) on every save; they reload fine.
         quiet = logging.getLogger("accelerate.utils.other")
@@ -231,17 +238,19 @@ class Trainer:
         if self.acc.is_main_process:
             (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": settings_json(self.cfg),
                                                             "processes": self.acc.num_processes}, indent=1))
+            # swap by renames: at every moment a complete checkpoint exists under a name that
+            # recover_checkpoint knows (checkpoint, checkpoint.tmp with its state file, checkpoint.old)
+            old = self.out / "checkpoint.old"
             if self.ckpt.exists():
-                shutil.rmtree(self.ckpt)
+                self.ckpt.rename(old)
             tmp.rename(self.ckpt)
+            if old.exists():
+                shutil.rmtree(old)
         self.acc.wait_for_everyone()
         self._saved_step = self.state["step"]
 
     def _resume(self) -> None:
-        saved = self.plan.saved  # settings already compared by plan_run
-        if saved.get("processes", 1) != self.acc.num_processes:
-            raise DLMError(f"{self.ckpt} was written by {saved.get('processes', 1)} process(es), this run has "
-                           f"{self.acc.num_processes}; resume with the same number (data sharding and RNG depend on it)")
+        saved = self.plan.saved  # settings and process count already compared
         self.acc.load_state(str(self.ckpt))
         self.state = {k: saved[k] for k in ("step", "tokens", "seconds", "log")}
         self.state.update(phase_start=saved.get("phase_start", 0), previous=saved.get("previous"))
@@ -277,7 +286,9 @@ class Trainer:
 
         def request(signum, frame):
             if self._stop_requested:
-                raise KeyboardInterrupt
+                if signum == signal.SIGINT:  # a second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                return  # launchers repeat SIGTERM (scheduler and agent): the stop is already on its way
             self._stop_requested = True
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             self._say(f"\ndlm train: {name} - stopping after this step to save a checkpoint (press Ctrl-C again "
@@ -387,6 +398,9 @@ class Trainer:
     def _finish(self) -> None:
         from dlm.train.model_card import write_model_card
 
+        if self._saved_step != self.state["step"]:
+            # a run killed while the model is written resumes from here and writes it again
+            self._save_checkpoint()
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
@@ -408,7 +422,13 @@ class Trainer:
             self.tokenizer.chat_template = None
             (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
         self.model.path = None
-        save_pretrained(self.model, self.out, dtype=getattr(torch, cfg.save_dtype))
+        staged = self.out / "final.tmp"  # written whole, then each file moved into place (OUT may hold a model)
+        if staged.exists():
+            shutil.rmtree(staged)
+        save_pretrained(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
+        for f in sorted(staged.iterdir()):
+            os.replace(f, self.out / f.name)
+        staged.rmdir()
         run = {"config": settings_json(cfg), "data": self.data_stats, "processes": self.acc.num_processes,
                "hardware": _hardware(), "versions": software_versions(), "warmup_steps": self.warmup, **self.state}
         tmp = self.out / "training_log.json.tmp"
