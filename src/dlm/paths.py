@@ -8,6 +8,7 @@ user types is taken as given (relative to the current directory).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dlm.errors import DLMError
@@ -37,3 +38,12 @@ def shipped_data_target(name: str) -> Path:
         raise DLMError(f"this dlm is an installed package, not a source checkout, so it has no {SHIPPED_DATA[name]} "
                        "to rebuild; pass --out DIR")
     return REPO_ROOT / SHIPPED_DATA[name]
+
+
+def cache_dir(kind: str) -> Path:
+    """dlm's cache folder for ``kind`` (``tokenized``, ``bases``, ...): ``$DLM_CACHE_DIR/kind``, else
+    ``$XDG_CACHE_HOME/dlm/kind``, else ``~/.cache/dlm/kind``. Not created here."""
+    if os.environ.get("DLM_CACHE_DIR"):
+        return Path(os.environ["DLM_CACHE_DIR"]).expanduser() / kind
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dlm" / kind

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
+from dlm import paths
 from dlm.errors import first_line
 
 FORMAT = 1  # bump when the stored layout or the tokenisation code changes
 
 
 def cache_dir() -> Path:
-    if os.environ.get("DLM_CACHE_DIR"):
-        return Path(os.environ["DLM_CACHE_DIR"]).expanduser() / "tokenized"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "dlm" / "tokenized"
+    return paths.cache_dir("tokenized")
 
 
 def file_digest(path: Path) -> str:
