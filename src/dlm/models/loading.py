@@ -16,6 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from dlm.errors import CheckpointError, DLMError, first_line
+from dlm.models import dream
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.locate import resolve_model_path
@@ -194,8 +195,10 @@ def _build_llada(path: Path, cfg: dict[str, Any], tensors, origin, dtype: torch.
 def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin, dtype: torch.dtype) -> nn.Module:
     import transformers
 
+    # Dream declares its own model_type; transformers builds it as the Qwen2 network it is
+    hf_fields = dream.qwen2_config(cfg, str(path / "config.json")) if cfg["model_type"] == dream.MODEL_TYPE else cfg
     try:
-        hf_cfg = transformers.AutoConfig.for_model(**cfg)
+        hf_cfg = transformers.AutoConfig.for_model(**hf_fields)
         with _no_init():  # the weights are overwritten anyway
             net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=dtype)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -247,17 +250,27 @@ def _load_tokenizer(path: Path) -> Any:
 
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype | None = None) -> DiffusionLM:
+         dtype: str | torch.dtype | None = None, merge: bool = True) -> DiffusionLM:
     """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default;
     a shipped model's name such as ``"tiny-a2d"`` also works, and so does a hub id such as
     ``"GSAI-ML/LLaDA-8B-Instruct"`` that is in the local Hugging Face cache: ``model.path`` is then
-    the snapshot directory). Nothing is ever downloaded."""
+    the snapshot directory). Nothing is ever downloaded.
+
+    An adapter directory (``dlm_adapter.json``, from ``dlm train --lora``) loads its base and applies
+    the adapter (:mod:`dlm.models.adapters`): merged into the weights, or with ``merge=False`` kept
+    apart as a peft ``PeftModel`` in ``model.net``."""
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype, dev)
+    from dlm.models.adapters import is_adapter_dir, load_adapter
     from dlm.models.default import default_path
 
     # a directory, a shipped model's name ("tiny-ar") or a hub id found in the local HF cache
     path = default_path() if path is None else resolve_model_path(path)
+    if path.is_dir() and is_adapter_dir(path):
+        return load_adapter(path, dev, torch_dtype, merge=merge)
+    if not merge:
+        raise DLMError(f"merge=False keeps a LoRA adapter apart from its base; {path} is not an adapter directory "
+                       "(no dlm_adapter.json)")
     cfg = read_config(path)
     family = FAMILIES[cfg["model_type"]]
     tensors, origin = read_state_dict(path)

@@ -1,4 +1,5 @@
-"""Where a model argument points: a directory, a shipped model's name, or a Hugging Face hub id.
+"""Where a model argument points: a directory, a shipped model's name, a packaged base's name
+(:mod:`dlm.models.bases`), or a Hugging Face hub id, in that order.
 
 dlm never downloads. A hub id (``GSAI-ML/LLaDA-8B-Instruct``) that is not a local directory is
 looked up in the local Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
@@ -81,6 +82,10 @@ def resolve_model_path(path: str | Path) -> Path:
     text = str(path)
     if text in shipped_models():
         return pretrained_dir() / text  # a shipped model by name, e.g. "tiny-ar"
+    from dlm.models.bases import BASES, base_dir
+
+    if text in BASES:
+        return base_dir(text)  # a packaged base, e.g. "smollm2-135m-instruct" (converted once, then cached)
     if not looks_like_hub_id(text):
         return given  # read_config names the missing directory
     snapshot, repo = cached_snapshot(text)

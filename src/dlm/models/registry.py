@@ -38,6 +38,11 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("mistral", shifted=True, architecture="hf_causal", note="LLaMA-family causal LM, shifted"),
     "qwen2": Family("qwen2", shifted=True, architecture="hf_causal", note="LLaMA-family causal LM, shifted"),
     "qwen3": Family("qwen3", shifted=True, architecture="hf_causal", note="LLaMA-family causal LM, shifted"),
+    # Dream-v0 (config.json and generation_config.json): <|endoftext|> 151643 is BOS, EOS and pad
+    "Dream": Family(
+        "Dream", shifted=True, architecture="hf_causal", mask_id=151666, eos_ids=(151643,), bos_id=151643,
+        pad_id=151643, note="Dream diffusion LM (Qwen2 network, bidirectional, shifted; see dlm.models.dream)",
+    ),
 }
 
 

@@ -86,7 +86,8 @@ def kv_cache_kwargs(net) -> dict[str, object]:
 
     from transformers import DynamicCache
 
-    params = inspect.signature(net.forward).parameters
+    get_base = getattr(net, "get_base_model", None)  # a peft PeftModel passes the keywords on to its base
+    params = inspect.signature((get_base() if get_base is not None else net).forward).parameters
     name = "cache" if "cache" in params else "past_key_values"
     try:
         cache = DynamicCache(config=net.config)

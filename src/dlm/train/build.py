@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from dlm.errors import DLMError
-from dlm.resources import forward_bytes, require_memory
+from dlm.resources import available_bytes, format_bytes, forward_bytes, require_memory
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.registry import resolve_facts
@@ -83,7 +83,11 @@ def load_for_training(path: str | Path, objective: str) -> DiffusionLM:
     with a diffusion objective becomes a shifted diffusion model (AR -> diffusion adaptation)."""
     from dlm.models.loading import load
 
-    model = load(path, dtype="float32")
+    return for_objective(load(path, dtype="float32"), objective, path)
+
+
+def for_objective(model: DiffusionLM, objective: str, path: str | Path) -> DiffusionLM:
+    """``model`` (loaded from ``path``) set up to train with ``objective`` (see :func:`load_for_training`)."""
     model.train()
     if objective != "causal" and model.facts.causal:
         if model.is_llada:
@@ -103,13 +107,33 @@ def load_for_training(path: str | Path, objective: str) -> DiffusionLM:
     return model
 
 
-def check_training_length(model: DiffusionLM, seq_len: int, batch_size: int, gradient_checkpointing: bool,
-                          device, new: bool) -> None:
-    """Refuse a ``seq_len`` past the positions the model declares, and a micro-step that cannot fit
-    in ``device``'s free memory (weights, gradients and AdamW state, 16 bytes a parameter, plus the
-    activations of a (batch_size, seq_len) forward and backward), before any data is tokenised."""
+def training_memory(model: DiffusionLM, seq_len: int, batch_size: int, gradient_checkpointing: bool) -> dict:
+    """Estimated bytes of one training micro-step: the weights, a gradient per trainable parameter,
+    AdamW's two fp32 states per trainable parameter, and the activations of a (batch_size, seq_len)
+    forward and backward (:func:`dlm.resources.forward_bytes`). Parameter counts included."""
     from dlm.models.lengths import model_dims
 
+    params = list(model.net.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    dims = model_dims(model)
+    if gradient_checkpointing:  # one layer's activations at a time, plus each layer's input (B, L, d_model)
+        inputs = dims["n_layers"] * batch_size * seq_len * dims["d_model"] * 4
+        acts = forward_bytes(batch_size, seq_len, **dims) + inputs
+    else:
+        acts = forward_bytes(batch_size, seq_len, training=True, **dims)
+    est = {"parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trainable),
+           "weights": sum(p.numel() * p.element_size() for p in params),
+           "gradients": sum(p.numel() * p.element_size() for p in trainable),
+           "optimizer": 8 * sum(p.numel() for p in trainable), "activations": acts}
+    est["total"] = est["weights"] + est["gradients"] + est["optimizer"] + acts
+    return est
+
+
+def check_training_length(model: DiffusionLM, seq_len: int, batch_size: int, gradient_checkpointing: bool,
+                          device, new: bool) -> str:
+    """Refuse a ``seq_len`` past the positions the model declares, and a micro-step that cannot fit
+    in ``device``'s free memory (:func:`training_memory`), before any data is tokenised. Returns the
+    estimate as a line for the user."""
     limit = model.facts.max_length
     if limit is not None and seq_len > limit:
         if new:
@@ -117,13 +141,23 @@ def check_training_length(model: DiffusionLM, seq_len: int, batch_size: int, gra
                            f"raise --max-positions or lower --seq-len")
         raise DLMError(f"--seq-len {seq_len} exceeds the {limit} positions {model.path} declares "
                        f"(config.json {model.facts.max_length_field})")
-    dims = model_dims(model)
-    if gradient_checkpointing:  # one layer's activations at a time, plus each layer's input (B, L, d_model)
-        inputs = dims["n_layers"] * batch_size * seq_len * dims["d_model"] * 4
-        acts = forward_bytes(batch_size, seq_len, **dims) + inputs
-    else:
-        acts = forward_bytes(batch_size, seq_len, training=True, **dims)
-    require_memory(acts + 16 * model.num_parameters(), device,
-                   f"training on {batch_size} x {seq_len} tokens per micro-step",
+    est = training_memory(model, seq_len, batch_size, gradient_checkpointing)
+    require_memory(est["total"], device, f"training on {batch_size} x {seq_len} tokens per micro-step",
                    hint="lower --batch-size (raise --grad-accum to keep the batch) or --seq-len, "
-                        "or pass --gradient-checkpointing")
+                        "or pass --gradient-checkpointing" + ("" if new or est["trainable"] < est["parameters"] else
+                                                              ", or train a LoRA adapter (--lora RANK)"))
+    free = available_bytes(device)
+    return (f"dlm train: memory estimate for {batch_size} x {seq_len} tokens per micro-step: "
+            f"{_count(est['parameters'])} parameters, {_count(est['trainable'])} trainable; weights "
+            f"{format_bytes(est['weights'])} + gradients {format_bytes(est['gradients'])} + AdamW state "
+            f"{format_bytes(est['optimizer'])} + activations {format_bytes(est['activations'])}"
+            f"{' (gradient checkpointing)' if gradient_checkpointing else ''} = {format_bytes(est['total'])}"
+            + (f" of {format_bytes(free)} free" if free is not None else ""))
+
+
+def _count(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)

@@ -46,6 +46,16 @@ def add_parser(sub) -> None:
                         "--max-steps (other settings may change too). A finished run keeps no optimizer state, so "
                         "this starts a new AdamW state and a new warm-up + cosine schedule from that step, like "
                         "--init OUT but in place, keeping the log")
+    t.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="train a LoRA adapter of this rank on the --init model instead of all its weights (plus "
+                        "the mask token's embedding row when a diffusion objective adapts a causal LM); OUT becomes "
+                        "a PEFT adapter directory with dlm_adapter.json, which dlm.load / --model read over the base")
+    t.add_argument("--lora-alpha", type=float, default=None, help="LoRA scaling alpha (default: 2 x RANK)")
+    t.add_argument("--lora-dropout", type=float, default=None, help="dropout on the LoRA input (default 0)")
+    t.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated names of the linear layers in the transformer blocks that get an adapter "
+                        "(default: attention and MLP projections - LLaMA family q_proj,k_proj,v_proj,o_proj,"
+                        "gate_proj,up_proj,down_proj; LLaDA q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out)")
     t.add_argument("--arch", choices=ARCHS, default=None, help="architecture of a new model (default llada)")
     t.add_argument("--tokenizer", default=None,
                    help="tokenizer directory of a new model (default: the shipped data/tokenizer)")
@@ -115,7 +125,10 @@ def cmd_train(args) -> int:
         max_steps=args.max_steps, max_minutes=args.max_minutes, anneal_steps=args.anneal_steps,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed,
         save_dtype=args.save_dtype, name=args.name, progress=args.progress,
-        gradient_checkpointing=args.gradient_checkpointing, continue_finished=args.continue_finished)
+        gradient_checkpointing=args.gradient_checkpointing, continue_finished=args.continue_finished,
+        lora=args.lora, lora_alpha=args.lora_alpha,
+        lora_dropout=0.0 if args.lora_dropout is None else args.lora_dropout,
+        lora_targets=None if args.lora_targets is None else [t.strip() for t in args.lora_targets.split(",")])
     result = Trainer(cfg).train()
     if not result["main_process"]:
         return 0

@@ -45,6 +45,10 @@ class TrainConfig:
     name: str | None = None  # model name for the card
     progress: bool = True
     continue_finished: bool = False  # train a finished run in `out` further (its weights, a new optimizer)
+    lora: int | None = None  # LoRA rank: train an adapter on `init` (dlm.train.lora); None = all weights
+    lora_alpha: float | None = None  # None = 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None  # layer names in the transformer blocks; None = the architecture's
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -83,9 +87,33 @@ class TrainConfig:
         if self.task == "sft" and self.answer_length >= self.seq_len:
             raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
                            f"--seq-len {self.seq_len}")
+        self._validate_lora()
+
+    def _validate_lora(self) -> None:
+        if self.lora is None:
+            given = [f"--lora-{k}" for k in ("alpha", "dropout", "targets")
+                     if getattr(self, f"lora_{k}") not in (None, 0.0)]
+            if given:
+                raise DLMError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a LoRA adapter: "
+                               "pass --lora RANK too")
+            return
+        if self.lora < 1:
+            raise DLMError(f"--lora (the adapter's rank) must be >= 1, got {self.lora}")
+        if self.init is None:
+            raise DLMError("--lora trains an adapter on an existing model: pass --init MODEL (a directory or a "
+                           "model name)")
+        if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise DLMError(f"--lora-alpha must be a positive number, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise DLMError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_targets is not None:
+            bad = [t for t in self.lora_targets if not t.isidentifier()] or ([] if self.lora_targets else [""])
+            if bad:
+                raise DLMError(f"--lora-targets takes layer names such as q_proj,v_proj; {bad[0]!r} is not one")
 
     def resolved(self) -> TrainConfig:
-        """A copy with typed paths made absolute (relative to the current directory). Left out,
+        """A copy with typed paths made absolute (relative to the current directory) and ``lora_alpha``
+        2 x ``lora`` when left out. Left out,
         ``data`` and a new model's ``tokenizer`` stay None - the shipped folders, wherever the
         command runs from and wherever the checkout lives (:meth:`data_dir`, :meth:`tokenizer_dir`),
         so a moved checkout still resumes its runs."""
@@ -95,7 +123,8 @@ class TrainConfig:
         init = self.init
         if init is not None and Path(init).expanduser().exists():  # else a shipped model's name
             init = absolute(init)
-        return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init)
+        alpha = float(2 * self.lora) if self.lora is not None and self.lora_alpha is None else self.lora_alpha
+        return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init, lora_alpha=alpha)
 
     def data_dir(self) -> Path:
         from dlm.paths import data_path
@@ -130,4 +159,7 @@ def settings_json(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d.pop("progress", None)
     d.pop("max_minutes", None)  # a budget, not a setting: a resumed run may have another
+    if cfg.lora is None:  # a full run: recorded as before LoRA existed, so older runs still resume
+        for key in ("lora", "lora_alpha", "lora_dropout", "lora_targets"):
+            d.pop(key)
     return d

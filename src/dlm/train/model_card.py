@@ -41,6 +41,10 @@ def write_model_card(out: Path, run: dict, model) -> Path:
         lines.append(f"- continued (`--continue-finished`) from the finished run at step {run['phase_start']}: its "
                      "weights, a new AdamW state and a new learning-rate schedule; its settings are under `previous` "
                      "in training_log.json")
+    if cfg.get("lora") is not None:
+        lines.append(f"- a LoRA adapter (rank {cfg['lora']}, alpha {cfg['lora_alpha']}, dropout {cfg['lora_dropout']}) "
+                     f"on `{cfg['init']}`, whose weights stay frozen; this folder holds only the adapter "
+                     "(`dlm_adapter.json` names the base and its sha256; `dlm.load` applies it)")
     if cfg["objective"] == "a2d":
         lines.append(f"- attention-mask annealing causal -> full over {cfg['anneal_steps']} steps, shift operation, "
                      "masked-diffusion ELBO (DiffuGPT recipe)")

@@ -24,7 +24,7 @@ from dlm.outputs import check_output_dir
 # Where and how a run was asked for, not how it trains: never a reason to refuse a rerun.
 IGNORED_KEYS = ("out", "continue_finished")
 # The settings that define the model; a continuation trains OUT's model, so they cannot change.
-MODEL_KEYS = ("objective", "arch", "size", "tokenizer", "init")
+MODEL_KEYS = ("objective", "arch", "size", "tokenizer", "init", "lora", "lora_alpha", "lora_targets")
 STATE_FILE = "checkpoint/dlm_state.json"
 LOG_FILE = "training_log.json"
 

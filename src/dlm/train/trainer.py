@@ -33,6 +33,7 @@ from dlm.train.build import check_training_length, load_for_training, new_model
 from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
 from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
                             pretraining_text, sft_examples, to_tensors)
+from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
 from dlm.train.runs import plan_run, recover_checkpoint
 
@@ -65,16 +66,19 @@ class Trainer:
                           "previous": {k: v for k, v in prev.items() if k != "log"}}
         start = self.state["phase_start"] if self.plan.kind != "resume" else self.plan.saved.get("phase_start", 0)
         self.warmup = self._check_warmup(start)
+        self.lora = LoraRun(cfg) if cfg.lora is not None else None
         self.model = self._build_model()
         self.model.train()
-        check_training_length(self.model, cfg.seq_len, cfg.batch_size, cfg.gradient_checkpointing, self.acc.device,
-                              new=cfg.init is None and self.plan.kind != "continue")
         if cfg.gradient_checkpointing:
             if self.model.is_llada:
                 self.model.net.gradient_checkpointing = True
             else:  # transformers 5 renamed gradient_checkpointing_enable
                 enable = getattr(self.model.net, "activation_checkpointing_enable", None)
                 (enable or self.model.net.gradient_checkpointing_enable)()
+        if self.lora is not None:  # the base's layers get their adapters (the trained ones to continue a run)
+            self.lora.apply(self.model, self.out if self.plan.kind == "continue" else None)
+        memory = check_training_length(self.model, cfg.seq_len, cfg.batch_size, cfg.gradient_checkpointing,
+                                       self.acc.device, new=cfg.init is None and self.plan.kind != "continue")
         # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run
         # and per rank, so processes draw different noise; checkpoints save and restore it.
         torch.manual_seed(cfg.seed * 1000 + self.acc.process_index)
@@ -93,11 +97,15 @@ class Trainer:
         self.stream = BatchStream(len(self.train_data), cfg.batch_size * cfg.grad_accum, cfg.seed,
                                   self.acc.process_index, world)
         trainable = self.model.net if cfg.objective == "causal" else self.model
-        decay = [p for n, p in trainable.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in trainable.named_parameters() if p.dim() < 2]
+        params = [p for p in trainable.parameters() if p.requires_grad]  # all, or LoRA's
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
         self.trainable, self.opt = self.acc.prepare(trainable, opt)
+        if self.lora is not None:
+            self.lora.register(self.acc)
+        self._say(memory)  # once the data is there too: the run starts
 
     def _say(self, message: str) -> None:
         """A note for the user on stderr (stdout carries the result), once per run."""
@@ -121,6 +129,8 @@ class Trainer:
 
     def _build_model(self):
         cfg = self.cfg
+        if self.lora is not None:
+            return self.lora.load_base()
         if self.plan.kind == "continue" or (self.plan.kind == "resume" and self.plan.saved.get("previous")):
             return load_for_training(self.out, cfg.objective)  # the finished model this run trains further
         if cfg.init is not None:
@@ -251,7 +261,8 @@ class Trainer:
 
     def _resume(self) -> None:
         saved = self.plan.saved  # settings and process count already compared
-        self.acc.load_state(str(self.ckpt))
+        # a LoRA checkpoint holds only the trainable tensors (LoraRun.register checks them)
+        self.acc.load_state(str(self.ckpt), **({"strict": False} if self.lora is not None else {}))
         self.state = {k: saved[k] for k in ("step", "tokens", "seconds", "log")}
         self.state.update(phase_start=saved.get("phase_start", 0), previous=saved.get("previous"))
         self._say(f"dlm train: resuming {self.out} at step {self.state['step']}")
@@ -425,7 +436,10 @@ class Trainer:
         staged = self.out / "final.tmp"  # written whole, then each file moved into place (OUT may hold a model)
         if staged.exists():
             shutil.rmtree(staged)
-        save_pretrained(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
+        if self.lora is not None:
+            self.lora.save(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
+        else:
+            save_pretrained(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
         for f in sorted(staged.iterdir()):
             os.replace(f, self.out / f.name)
         staged.rmdir()
