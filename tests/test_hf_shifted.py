@@ -57,6 +57,9 @@ def test_padding_is_honoured(kind, tmp_path):
     a = model(padded, attention_mask=am).logits[:, 4:]
     b = model(padded.clone().index_fill_(1, torch.tensor([0, 1, 2]), 5), attention_mask=am).logits[:, 4:]
     torch.testing.assert_close(a, b)  # pad contents are invisible
+    # and padding moves no position: the real tokens' logits equal the unpadded ones (GPT-2's
+    # learned absolute positions included)
+    torch.testing.assert_close(a, model(ids).logits[:, 1:], rtol=1e-5, atol=1e-5)
 
 
 def test_generate_with_shifted_model(tmp_path):

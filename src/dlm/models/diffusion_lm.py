@@ -75,7 +75,11 @@ class DiffusionLM(nn.Module):
             bias = (bias + attention_bias.to(dtype)).clamp_min(torch.finfo(dtype).min)
         # shifted: aligned[i] = raw[i - 1] (i >= 1), aligned[0] = raw[0]
         first_raw = max(logits_from - 1, 0) if self.facts.shifted else logits_from
-        raw = self.net(input_ids=input_ids, attention_mask=bias, use_cache=False,
+        # Positions count real tokens only, so left padding does not move them: required for
+        # learned absolute positions (GPT-2 / DiffuGPT), harmless for RoPE (relative), and how
+        # Dream numbers a padded batch.
+        positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
+        raw = self.net(input_ids=input_ids, attention_mask=bias, position_ids=positions, use_cache=False,
                        logits_to_keep=L - first_raw if first_raw else 0).logits  # (B, L - first_raw, V)
         if not self.facts.shifted:
             return DenoiserOutput(logits=raw)
