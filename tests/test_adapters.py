@@ -245,6 +245,7 @@ def test_cli_lora_run_in_bf16_and_dlm_info(tmp_path, data_dir, bases, capsys):
     assert "a LoRA adapter (rank 2, alpha 4.0" in (out / "README.md").read_text()
     info = describe(str(out))
     assert info["weight_files"] == ["adapter_model.safetensors"] and info["architecture"] == "LLaDAModelLM"
+    assert info["adapter_of"] == json.loads((out / "dlm_adapter.json").read_text())["base"]
     assert main(argv) == 0 and "already holds this finished run" in capsys.readouterr().err
 
 

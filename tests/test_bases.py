@@ -140,6 +140,9 @@ def test_conversion_matches_transformers_gguf_load(base, site, tmp_path, capsys)
     assert (f.causal, f.mask_id, f.eos_ids, f.eot_id, f.pad_id, f.bos_id) == (True, 3, (2, 0), 2, 2, 1)
     assert f.vocab_size == len(model.tokenizer) == model.net.config.vocab_size  # the mask reuses a row
     assert model.tokenizer.mask_token == "<empty_output>"
+    from dlm.cli import describe
+
+    assert describe(NAME)["converted_from"] == f"dlm-tiny-test-base 0.0.1: {FILE} (Apache-2.0)"
 
     reference = AutoModelForCausalLM.from_pretrained(str(site / MODULE), gguf_file=FILE, dtype=torch.float32).eval()
     ids = torch.tensor([model.encode_prompt("hi there")])  # (1, L)

@@ -1,6 +1,7 @@
 """dlm train: the AR -> diffusion adaptation (annealing, shift, loss), the trainer, resume and DDP."""
 
 import json
+import math
 import lzma
 import os
 import shutil
@@ -463,3 +464,22 @@ def test_every_train_option_has_help():
     train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
     missing = [a.option_strings for a in train._actions if a.option_strings and not a.help]
     assert missing == []
+
+
+def test_bf16_mixed_precision_trains_and_is_a_setting(tmp_path, data_dir):
+    """--mixed-precision bf16 autocasts on the CPU (in its own process: accelerate fixes the precision
+    once per process): the run finishes, the setting is recorded, and changing it is refused."""
+    out = tmp_path / "bf16"
+    argv = [sys.executable, "-m", "dlm.cli", "train", "--out", str(out), "--objective", "causal", "--arch", "llama",
+            "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--mlp-hidden", "64", "--max-positions", "256",
+            "--data", str(data_dir), "--seq-len", "64", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "1",
+            "--eval-every", "2", "--eval-batches", "1", "--no-progress", "--mixed-precision", "bf16"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["config"]["mixed_precision"] == "bf16" and all(math.isfinite(e["loss"]) for e in log["log"])
+    with pytest.raises(DLMError, match="--mixed-precision bf16 -> <unset>"):
+        Trainer(TrainConfig(out=str(out), objective="causal", arch="llama", size=TINY, data=str(data_dir),
+                            seq_len=64, batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, eval_batches=1))
+    with pytest.raises(DLMError, match="--mixed-precision must be no, bf16 or fp16"):
+        TrainConfig(out="o", mixed_precision="fp8").validate()

@@ -251,6 +251,12 @@ def describe(path: str | None) -> dict:
     info["weight_bytes"] = sum(f.stat().st_size for f in files)
     info["stored_dtype"] = stored_dtype(files, model.config)
     info["loaded_dtype"] = str(model.dtype).removeprefix("torch.")
+    adapter = Path(model.path) / "dlm_adapter.json"
+    if adapter.is_file():  # a LoRA adapter: name its base
+        info["adapter_of"] = json.loads(adapter.read_text()).get("base")
+    if isinstance(model.config.get("dlm_base"), dict):  # a base converted from a package
+        base = model.config["dlm_base"]
+        info["converted_from"] = f"{base.get('package')} {base.get('version')}: {base.get('file')} ({base.get('license')})"
     return info
 
 

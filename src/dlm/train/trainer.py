@@ -48,7 +48,13 @@ class Trainer:
         # With no GPU, run on CPU explicitly: under torchrun (`accelerate launch --multi_gpu`) this
         # makes accelerate use gloo across processes instead of treating each as a lone run.
         has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        self.acc = Accelerator(cpu=not has_gpu)
+        try:
+            self.acc = Accelerator(cpu=not has_gpu, mixed_precision=cfg.mixed_precision)
+        except ValueError as e:  # accelerate fixes the precision once per process
+            if "already been initialized" not in str(e):
+                raise
+            raise DLMError(f"--mixed-precision {cfg.mixed_precision}: this Python process already trained with "
+                           "another precision, and accelerate fixes it once per process; run in a new process") from None
         # Refuse a --out that holds something else (or a finished run with other settings) before any
         # work. The main process goes first: it completes a checkpoint swap cut short and creates --out.
         with self.acc.main_process_first():
