@@ -25,3 +25,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def file_sha256(path) -> str:
+    """Full sha256 hex digest of a file's bytes (what ``sha256sum`` prints), read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

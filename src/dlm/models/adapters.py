@@ -17,7 +17,6 @@ weights are not the recorded ones, applies the adapter with peft and by default 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -65,14 +64,9 @@ def weight_files(path: Path) -> list[Path]:
 
 def weight_digests(path: Path) -> dict[str, str]:
     """{file name: sha256 hex} of the weight files of the model directory ``path``."""
-    digests = {}
-    for f in weight_files(path):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-        digests[f.name] = h.hexdigest()
-    return digests
+    from dlm.provenance import file_sha256
+
+    return {f.name: file_sha256(f) for f in weight_files(path)}
 
 
 def check_digests(recorded: dict[str, str], base_dir: Path, what: str) -> None:

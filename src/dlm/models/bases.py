@@ -23,7 +23,6 @@ fp32) instead of one trainable row. ``<|im_end|>`` (2) ends a turn and pads, and
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -131,8 +130,9 @@ def _installed_version(base: Base) -> str:
 
 
 def _check_sha256(base: Base, path: Path) -> None:
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    from dlm.provenance import file_sha256
+
+    digest = file_sha256(path)
     if digest != base.sha256:
         raise CheckpointError(
             f"{path}: sha256 {digest} does not match the {base.sha256} dlm expects for {base.name} "

@@ -21,6 +21,7 @@ import torch
 
 from dlm import paths
 from dlm.errors import first_line
+from dlm.provenance import file_sha256
 
 FORMAT = 1  # bump when the stored layout or the tokenisation code changes
 
@@ -30,11 +31,7 @@ def cache_dir() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def tokenizer_digest(tokenizer, chat: bool) -> str:
