@@ -8,7 +8,7 @@
 # Runs write to runs/NAME (checkpoints there; rerun the same command to resume, e.g. after
 # --max-minutes or Ctrl-C) and the finished adapter is copied to src/dlm/pretrained/NAME.
 # Extra arguments go to every `dlm train` call (e.g. --max-minutes 50, or --threads 4 on a bigger
-# machine). bf16 autocast at one thread is the fast CPU setting (base-model-notes.md).
+# machine; --mixed-precision bf16 where the CPU has bf16 instructions (AMX / AVX512-BF16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DLM=${DLM:-.venv/bin/dlm}
@@ -16,11 +16,11 @@ RUNS=${RUNS:-runs}
 SHIP=${SHIP:-src/dlm/pretrained}
 CHAIN=${1:?usage: train_smol.sh ar|a2d [extra dlm train args]}
 shift
-EXTRA=(--threads 1 --mixed-precision bf16 "$@")
+EXTRA=(--threads 1 "$@")
 BASE=smollm2-135m-instruct
 LORA=(--lora 16 --save-dtype bfloat16)
 SFT=(--task sft --seq-len 256 --answer-length 32 --batch-size 8 --instruction-dropout 0.3 --lr 2e-4
-     --warmup-steps 20 --eval-every 50 --eval-batches 8 --save-every 25)
+     --warmup-steps 12 --eval-every 40 --eval-batches 4 --save-every 20)
 PRE=(--task pretrain --seq-len 256 --batch-size 8 --eval-every 100 --eval-batches 8 --save-every 25)
 
 stage() {  # stage NAME ARGS...: train RUNS/NAME (resuming), then ship the finished adapter
@@ -41,7 +41,7 @@ stage() {  # stage NAME ARGS...: train RUNS/NAME (resuming), then ship the finis
 
 case "$CHAIN" in
   ar)
-    stage smol-ar-instruct --objective causal --init "$BASE" "${LORA[@]}" "${SFT[@]}" --max-steps 200
+    stage smol-ar-instruct --objective causal --init "$BASE" "${LORA[@]}" "${SFT[@]}" --max-steps 80
     ;;
   a2d)
     stage smol-a2d --objective a2d --init "$BASE" "${LORA[@]}" "${PRE[@]}" --max-steps 1000 --lr 3e-4 \

@@ -93,7 +93,8 @@ def add_parser(sub) -> None:
                    help="dtype of the saved weights")
     t.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
                    help="autocast the forward and backward (accelerate); bf16 about doubles CPU throughput "
-                        "on CPUs with AMX/AVX512-BF16, the weights and optimizer stay float32")
+                        "on CPUs with AMX/AVX512-BF16 but is far slower on CPUs without them (a warning says "
+                        "so); the weights and optimizer stay float32")
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations during backward (less memory, slower)")
     t.add_argument("--name", default=None, help="model name for the card (default: the --out folder name)")

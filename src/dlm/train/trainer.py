@@ -28,6 +28,7 @@ import torch
 
 from dlm.errors import DLMError, first_line
 from dlm.provenance import cpu_model, software_versions
+from dlm.resources import cpu_has_bf16
 from dlm.train import cache
 from dlm.train.build import check_training_length, load_for_training, new_model
 from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
@@ -55,6 +56,9 @@ class Trainer:
                 raise
             raise DLMError(f"--mixed-precision {cfg.mixed_precision}: this Python process already trained with "
                            "another precision, and accelerate fixes it once per process; run in a new process") from None
+        if cfg.mixed_precision == "bf16" and self.acc.device.type == "cpu" and cpu_has_bf16() is False:
+            self._say("dlm train: warning: this CPU has no bf16 instructions (AMX-BF16 / AVX512-BF16), so "
+                      "--mixed-precision bf16 runs far slower than float32 here (a bf16 matmul measured 64x slower)")
         # Refuse a --out that holds something else (or a finished run with other settings) before any
         # work. The main process goes first: it completes a checkpoint swap cut short and creates --out.
         with self.acc.main_process_first():
