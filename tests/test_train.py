@@ -476,6 +476,9 @@ def test_bf16_mixed_precision_trains_and_is_a_setting(tmp_path, data_dir):
             "--eval-every", "2", "--eval-batches", "1", "--no-progress", "--mixed-precision", "bf16"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    from dlm.resources import cpu_has_bf16
+
+    assert ("no bf16 instructions" in proc.stderr) == (cpu_has_bf16() is False)  # emulated bf16 is slow: said
     log = json.loads((out / "training_log.json").read_text())
     assert log["config"]["mixed_precision"] == "bf16" and all(math.isfinite(e["loss"]) for e in log["log"])
     with pytest.raises(DLMError, match="--mixed-precision bf16 -> <unset>"):
