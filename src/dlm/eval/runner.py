@@ -79,7 +79,8 @@ def hardware(model) -> dict[str, Any]:
 
 def model_identity(model) -> dict[str, Any]:
     """The loaded model's name, path and whether it is shipped: the shipped name, ``ORG/NAME`` for a
-    snapshot in the Hugging Face cache (``.../models--ORG--NAME/snapshots/REV``), else its directory's
+    snapshot in the Hugging Face cache (``.../models--ORG--NAME/snapshots/REV``), a packaged base's
+    registry name (``smollm2-135m-instruct``, not its cache folder), else its directory's
     name; ``"model"`` for a model held only in memory.
 
     ``--model tiny-a2d-instruct`` and no ``--model`` load the same files, so they get the same name.
@@ -91,7 +92,10 @@ def model_identity(model) -> dict[str, Any]:
     path = Path(model.path).resolve()
     shipped = path.parent == pretrained_dir().resolve()
     name = path.name
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+    base = (getattr(model, "config", None) or {}).get("dlm_base")
+    if isinstance(base, dict) and base.get("name"):  # a packaged base, converted into the cache
+        name = base["name"]
+    elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         name = path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
     return {"model": name, "model_path": str(path), "model_shipped": shipped}
 

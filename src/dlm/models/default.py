@@ -56,7 +56,10 @@ def pretrained_dir() -> Path:
 
 def shipped_models() -> list[str]:
     root = pretrained_dir()
-    return sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    # a full checkpoint (config.json) or a LoRA adapter on a base (dlm_adapter.json)
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").exists() or (p / "dlm_adapter.json").exists())
 
 
 def default_path() -> Path:
