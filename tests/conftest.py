@@ -57,3 +57,17 @@ def tiny_llada_tok_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_llada_tok")
     dlm.save_pretrained(make_tiny_llada(seed=4, tokenizer=True), out)
     return out
+
+
+def debian_subset(out: Path, n_train: int, n_val: int) -> Path:
+    """A small dataset folder (train / validation .jsonl.xz) cut from the shipped validation split."""
+    import json
+    import lzma
+
+    from dlm.data.debian import load_split
+
+    rows = load_split(ROOT / "data" / "debian", "validation")
+    for name, part in (("train", rows[:n_train]), ("validation", rows[n_train:n_train + n_val])):
+        with lzma.open(out / f"{name}.jsonl.xz", "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    return out

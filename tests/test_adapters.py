@@ -2,7 +2,6 @@
 
 import copy
 import json
-import lzma
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 import dlm
+from conftest import debian_subset
 from dlm.errors import CheckpointError, DLMError
 from dlm.models.loading import save_pretrained
 from dlm.train.build import ModelSize, new_model, training_memory
@@ -30,14 +30,7 @@ def tokenised_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """200 train / 40 validation pairs taken from the shipped validation split."""
-    from dlm.data.debian import load_split
-
-    rows = load_split(ROOT / "data" / "debian", "validation")
-    out = tmp_path_factory.mktemp("data")
-    for name, part in (("train", rows[:200]), ("validation", rows[200:240])):
-        with lzma.open(out / f"{name}.jsonl.xz", "wt") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
-    return out
+    return debian_subset(tmp_path_factory.mktemp("data"), 200, 40)
 
 
 @pytest.fixture(scope="module")

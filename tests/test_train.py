@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dlm
+from conftest import debian_subset
 from dlm.errors import DLMError
 from dlm.models.default import CHAT_TEMPLATE, pretrained_dir
 from dlm.train.build import ModelSize, new_model
@@ -44,14 +45,7 @@ def tokenised_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """400 train / 80 validation pairs taken from the shipped validation split."""
-    from dlm.data.debian import load_split
-
-    rows = load_split(ROOT / "data" / "debian", "validation")
-    out = tmp_path_factory.mktemp("data")
-    for name, part in (("train", rows[:400]), ("validation", rows[400:480])):
-        with lzma.open(out / f"{name}.jsonl.xz", "wt") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
-    return out
+    return debian_subset(tmp_path_factory.mktemp("data"), 400, 80)
 
 
 def test_anneal_ratio_goes_from_causal_to_full():
