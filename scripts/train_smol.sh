@@ -44,9 +44,9 @@ case "$CHAIN" in
     stage smol-ar-instruct --objective causal --init "$BASE" "${LORA[@]}" "${SFT[@]}" --max-steps 80
     ;;
   a2d)
-    stage smol-a2d --objective a2d --init "$BASE" "${LORA[@]}" "${PRE[@]}" --max-steps 1000 --lr 3e-4 \
-      --warmup-steps 50 --anneal-steps 300
-    stage smol-a2d-instruct --objective mdm --init smol-a2d "${LORA[@]}" "${SFT[@]}" --max-steps 200
+    stage smol-a2d --objective a2d --init "$BASE" "${LORA[@]}" "${PRE[@]}" --max-steps 240 --lr 3e-4 \
+      --warmup-steps 24 --anneal-steps 100
+    stage smol-a2d-instruct --objective mdm --init smol-a2d "${LORA[@]}" "${SFT[@]}" --max-steps 160
     ;;
   *) echo "unknown chain $CHAIN (ar | a2d)" >&2; exit 2 ;;
 esac

@@ -335,3 +335,33 @@ def test_lm_eval_plugin_rejects_unknown_args():
             DLMHarnessModel(pretrained=MODEL, device="cuda:0")
         else:
             raise DLMError("pass --device cpu")
+
+
+def test_lead_baseline(tmp_path, capsys):
+    """--baseline lead-N answers with the first N words of each source, scored like a model's answers,
+    on the same example selection; a sampler, budgets or a task without sources are refused."""
+    data = tmp_path / "xsum.json"
+    data.write_text(json.dumps([{"document": a, "summary": s} for a, s in ARTICLES]))
+    out = tmp_path / "results"
+    assert run_cli("eval", "--model", MODEL, "--task", "xsum", "--data", data, "--baseline", "lead-3",
+                   "--out", out) == 0
+    rows = read_jsonl(out / f"{MODEL}__xsum__lead-3.samples.jsonl")
+    assert [r["output"] for r in sorted(rows, key=lambda r: int(r["id"]))] == [
+        " ".join(a.split()[:3]) for a, _ in ARTICLES]
+    from dlm.eval.rouge import rouge_per_sample
+
+    for r in rows:
+        assert r["nfe"] == 0 and r["rouge1"] == pytest.approx(rouge_per_sample([r["output"]], [r["reference"]])[0]["rouge1"])
+    summary = json.loads((out / f"{MODEL}__xsum__lead-3.summary.json").read_text())
+    (res,) = summary["results"]
+    assert summary["settings"]["sampler"] == "lead-3" and res["examples"] == 4 and res["tokens_per_pass"] is None
+    assert res["rouge1"] > 0
+    for bad in (["--baseline", "lead-0"], ["--baseline", "first-6"], ["--baseline", "lead-3", "--nfe", "8"],
+                ["--baseline", "lead-3", "--sampler", "llada"]):
+        capsys.readouterr()
+        assert run_cli("eval", "--model", MODEL, "--task", "xsum", "--data", data, "--out", tmp_path / "b", *bad) == 2
+        assert "lead" in capsys.readouterr().err
+    ready = write_jsonl(tmp_path / "ready.jsonl", [{"prompt": "Summarize: x y z", "reference": "x"}])
+    assert run_cli("eval", "--model", MODEL, "--task", "xsum", "--data", ready, "--baseline", "lead-3",
+                   "--out", tmp_path / "c") == 2
+    assert "source" in capsys.readouterr().err

@@ -53,11 +53,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     budgets = _parse_budgets(args.nfe)
     options = sampler_option_values(args.option, "eval", EVAL_FLAGS)
     out_dir = check_output_dir(args.out)
+    if args.baseline is not None:
+        from dlm.eval.baselines import parse_baseline
+
+        parse_baseline(args.baseline)
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
     cfg = EvalConfig(task=task, model_arg=args.model, out_dir=out_dir, sampler=args.sampler,
                      budgets=budgets, preset=args.preset, options=options,
                      limit=args.limit, seed=args.seed, sample_seed=args.sample_seed, batch_size=args.batch_size,
-                     name=args.name, progress=sys.stderr.isatty() if args.progress is None else args.progress,
+                     name=args.name, baseline=args.baseline, progress=sys.stderr.isatty() if args.progress is None else args.progress,
                      overwrite=args.overwrite)
     summary = run_eval(model, cfg)
     if args.json:
@@ -159,6 +163,10 @@ def add_parser(sub) -> None:
                    "seed derived from it and the example's id (default 0)")
     e.add_argument("--sample-seed", type=int, default=0, help="seed of the shuffle that selects the examples "
                    "(default 0)")
+    e.add_argument("--baseline", default=None, metavar="lead-N",
+                   help="score a model-free baseline instead of generating: lead-N answers with the first N words "
+                        "of the source (summarisation tasks); --model still selects the examples (its tokenizer "
+                        "applies max_prompt_tokens) and counts answer tokens")
     e.add_argument("--out", default="results", help="output directory (default results/)")
     e.add_argument("--name", default=None, help="run name (default: MODEL__TASK__SAMPLER)")
     e.add_argument("--overwrite", action="store_true", help="discard earlier results of this run instead of resuming")

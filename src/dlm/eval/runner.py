@@ -54,6 +54,7 @@ class EvalConfig:
     sample_seed: int = 0  # the shuffle that selects the examples
     batch_size: int = 8
     name: str | None = None
+    baseline: str | None = None  # "lead-N": score a model-free baseline instead of generating (dlm.eval.baselines)
     progress: bool = False
     overwrite: bool = False
 
@@ -65,6 +66,7 @@ class SamplerPlan:
     budgets: list[int | None]
     resolved: dict[str, Any]  # every validated option that is the same at every budget
     by_budget: dict[Any, dict[str, Any]]  # per budget, the validated options that depend on it (e.g. steps)
+    lead_words: int | None = None  # a lead-N baseline answers with the first N source words; nothing is generated
 
 
 def hardware(model) -> dict[str, Any]:
@@ -116,6 +118,8 @@ def _sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
     from dlm.sampling.aliases import resolve_aliases
 
     task = cfg.task
+    if cfg.baseline is not None:
+        return _baseline_plan(cfg)
     if task.kind == "score":
         if cfg.sampler is not None:
             raise DLMError(f"task {task.name!r} scores with the model's own forward passes; --sampler does not apply")
@@ -158,6 +162,20 @@ def _sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
               if k not in budget_keys and all(r[k] == v for r in resolved.values())}
     by_budget = {b: {k: v for k, v in r.items() if k not in common} for b, r in resolved.items()}
     return SamplerPlan(name, options, budgets, common, by_budget)
+
+
+def _baseline_plan(cfg: EvalConfig) -> SamplerPlan:
+    from dlm.eval.baselines import parse_baseline
+
+    words = parse_baseline(cfg.baseline)
+    if cfg.task.kind != "generate":
+        raise DLMError(f"--baseline applies to generation tasks; {cfg.task.name!r} scores the model itself")
+    given = [flag for flag, value in (("--sampler", cfg.sampler), ("--nfe", cfg.budgets), ("-o", cfg.options))
+             if value] + (["--preset"] if cfg.preset != "default" else [])
+    if given:
+        raise DLMError(f"--baseline {cfg.baseline} generates nothing, so {', '.join(given)} do(es) not apply")
+    name = f"lead-{words}"
+    return SamplerPlan(name, {"baseline": name}, [None], {}, {None: {}}, lead_words=words)
 
 
 def _read_samples(path: Path) -> list[dict[str, Any]]:
@@ -207,6 +225,9 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     check_output_dir(cfg.out_dir)
     plan = _sampler_plan(model, cfg)
     examples = task.load_for(model)
+    if plan.lead_words is not None and examples and "source" not in examples[0].fields:
+        raise DLMError(f"--baseline {cfg.baseline}: the {task.name!r} data at {task.data} gives ready prompts "
+                       "without a source text to take the lead words from")
     prompts: dict[str, list[int]] = {}
     fits = None
     if task.kind == "generate":
@@ -314,6 +335,8 @@ def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, 
     from dlm.sampling import sampler_class
     from dlm.sampling.batching import generate_answers
 
+    if plan.lead_words is not None:
+        return _baseline_batch(model, task, batch, plan.lead_words)
     run_options = dict(plan.options)
     if budget is not None:
         run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
@@ -331,6 +354,24 @@ def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, 
             "seconds": out.seconds / len(batch), "gen_length": G,
             **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens),
         })
+    return records
+
+
+def _baseline_batch(model, task: Task, batch: list[Example], words: int) -> list[dict[str, Any]]:
+    """Samples of the lead-N baseline: the first N words of each source, scored like a model's answer."""
+    from dlm.eval.baselines import lead
+
+    records = []
+    for ex in batch:
+        t0 = time.perf_counter()
+        text = lead(ex.fields["source"], words)
+        seconds = time.perf_counter() - t0
+        answer = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        length_ref = ex.fields.get("length_reference", ex.reference)
+        ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
+        records.append({"prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": None, "nfe": 0,
+                        "seconds": seconds, "gen_length": None,
+                        **task.score(text, ex), **sample_diagnostics(answer, text, False, ref_tokens)})
     return records
 
 
@@ -369,5 +410,6 @@ def aggregate(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out.update(aggregate_diagnostics(rows))
         tokens = sum(r["answer_tokens"] for r in rows)
         out["tokens_per_second"] = tokens / seconds if seconds > 0 else None
-        out["tokens_per_pass"] = tokens / max(1, sum(r["nfe"] for r in rows))
+        passes = sum(r["nfe"] for r in rows)
+        out["tokens_per_pass"] = tokens / passes if passes else None  # None: a baseline, nothing generated
     return out

@@ -48,7 +48,8 @@ class SummarizationTask(Task):
             return [Example(str(i), r["prompt"], r[ref]) for i, r in enumerate(records)]
         source = pick_field(records[0], self.source_fields, "source text", src)
         ref = pick_field(records[0], self.reference_fields, "reference summary", src)
-        return [Example(str(r.get("id", i)) if "id" in r else str(i), self.prompt(r[source]), r[ref])
+        return [Example(str(r.get("id", i)) if "id" in r else str(i), self.prompt(r[source]), r[ref],
+                        fields={"source": r[source]})
                 for i, r in enumerate(records)]
 
     def prompt(self, source: str) -> str:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The smol family on the Debian test split, as reported in docs/model-family.md: lead-6, the base
+# zero-shot (AR greedy), smol-ar-instruct, smol-a2d-instruct at NFE 8/16/32 (one block, blocks of 8,
+# EOS committed last) and tiny-a2d-instruct. Every run is resumable (rerun the same command).
+#   bash scripts/eval_smol.sh ar          # lead-6, the base, smol-ar-instruct
+#   bash scripts/eval_smol.sh diffusion   # smol-a2d-instruct (three settings), tiny-a2d-instruct
+#   bash scripts/eval_smol.sh all
+# Results go to benchmarks/results/smol/ (then `dlm report benchmarks/results/smol` draws them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DLM=${DLM:-.venv/bin/dlm}
+OUT=${OUT:-benchmarks/results/smol}
+LIMIT=${LIMIT:-500}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+run() { "$DLM" eval --task debian --limit "$LIMIT" --out "$OUT" --no-progress "$@"; }
+three() {  # the three block settings of a diffusion model at NFE 8/16/32
+  local m=$1
+  run --model "$m" --nfe 8,16,32
+  run --model "$m" --nfe 8,16,32 -o block_length=8 --name "${m}__debian__llada-block8"
+  run --model "$m" --nfe 8,16,32 -o confidence_eos_eot_inf=true --name "${m}__debian__llada-eos-last"
+}
+ar() {
+  run --model smollm2-135m-instruct --baseline lead-6
+  run --model smollm2-135m-instruct
+  run --model smol-ar-instruct
+}
+diffusion() {
+  three smol-a2d-instruct
+  three tiny-a2d-instruct
+}
+case "${1:-}" in
+  ar) ar ;;
+  diffusion) diffusion ;;
+  all) ar; diffusion ;;
+  *) echo "usage: $0 ar|diffusion|all" >&2; exit 2 ;;
+esac
