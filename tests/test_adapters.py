@@ -256,3 +256,27 @@ def test_cli_lora_bad_input(capsys, tmp_path, argv, message):
     code = main(["train", "--out", str(tmp_path / "o"), "--no-progress", *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_weight_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from dlm import provenance
+
+    monkeypatch.setenv("DLM_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 1000)
+    calls = []
+    real = provenance.file_sha256
+    monkeypatch.setattr(provenance, "file_sha256", lambda p: calls.append(p) or real(p))
+    first = provenance.cached_file_sha256(f)
+    assert first == real(f) and provenance.cached_file_sha256(f) == first and len(calls) == 1
+    f.write_bytes(b"b" * 1000)  # same size, new content and mtime
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert provenance.cached_file_sha256(f) == real(f) != first and len(calls) == 2
+    blocker = tmp_path / "not-a-folder"  # a cache that cannot be written (even by root) still gives the digest
+    blocker.write_text("x")
+    monkeypatch.setenv("DLM_CACHE_DIR", str(blocker))
+    f.write_bytes(b"c" * 10)
+    assert provenance.cached_file_sha256(f) == real(f) and len(calls) == 3

@@ -234,6 +234,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0]["finished"]  # only the main process reports
+    assert proc.stderr.count("dlm train: step 3/3 loss") == 1  # without a progress bar: a log line, once
     log = json.loads((out / "training_log.json").read_text())
     assert log["processes"] == 2 and log["tokens"] == 3 * 2 * 2 * 32
 

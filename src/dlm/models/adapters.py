@@ -63,10 +63,11 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def weight_digests(path: Path) -> dict[str, str]:
-    """{file name: sha256 hex} of the weight files of the model directory ``path``."""
-    from dlm.provenance import file_sha256
+    """{file name: sha256 hex} of the weight files of the model directory ``path`` (remembered per
+    file and re-hashed whenever the file changes: :func:`dlm.provenance.cached_file_sha256`)."""
+    from dlm.provenance import cached_file_sha256
 
-    return {f.name: file_sha256(f) for f in weight_files(path)}
+    return {f.name: cached_file_sha256(f) for f in weight_files(path)}
 
 
 def check_digests(recorded: dict[str, str], base_dir: Path, what: str) -> None:

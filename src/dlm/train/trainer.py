@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import platform
 import shutil
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,9 +33,10 @@ from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_
                             pretraining_text, sft_examples, to_tensors)
 from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
-from dlm.train.runs import plan_run, recover_checkpoint
+from dlm.train.checkpointing import Checkpointing, rng_state
+from dlm.train.runs import plan_run
 
-class Trainer:
+class Trainer(Checkpointing):
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
 
@@ -239,89 +237,6 @@ class Trainer:
         self.trainable.train()
         return sum(losses) / max(1, len(losses))
 
-    # -- checkpoints ----------------------------------------------------------------------------
-    def _save_checkpoint(self) -> None:
-        self.acc.wait_for_everyone()
-        tmp = self.out / "checkpoint.tmp"
-        if self.acc.is_main_process:
-            recover_checkpoint(self.out)  # a swap cut short is completed; a partial checkpoint.tmp goes
-        self.acc.wait_for_everyone()
-        # accelerate warns about tied weights (embedding = head) on every save; they reload fine.
-        quiet = logging.getLogger("accelerate.utils.other")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            self.acc.save_state(str(tmp))
-        finally:
-            quiet.setLevel(level)
-        self.acc.wait_for_everyone()  # every rank's RNG state is in tmp before it is renamed
-        if self.acc.is_main_process:
-            (tmp / "dlm_state.json").write_text(json.dumps({**self.state, "config": settings_json(self.cfg),
-                                                            "processes": self.acc.num_processes}, indent=1))
-            # swap by renames: at every moment a complete checkpoint exists under a name that
-            # recover_checkpoint knows (checkpoint, checkpoint.tmp with its state file, checkpoint.old)
-            old = self.out / "checkpoint.old"
-            if self.ckpt.exists():
-                self.ckpt.rename(old)
-            tmp.rename(self.ckpt)
-            if old.exists():
-                shutil.rmtree(old)
-        self.acc.wait_for_everyone()
-        self._saved_step = self.state["step"]
-
-    def _resume(self) -> None:
-        saved = self.plan.saved  # settings and process count already compared
-        # a LoRA checkpoint holds only the trainable tensors (LoraRun.register checks them)
-        self.acc.load_state(str(self.ckpt), **({"strict": False} if self.lora is not None else {}))
-        self.state = {k: saved[k] for k in ("step", "tokens", "seconds", "log")}
-        self.state.update(phase_start=saved.get("phase_start", 0), previous=saved.get("previous"))
-        self._say(f"dlm train: resuming {self.out} at step {self.state['step']}")
-
-    def _interrupted(self) -> None:
-        """Ctrl-C arrived in the middle of a step: save the last finished step if that is safe."""
-        step = self.state["step"]
-        if self._updating or self.acc.num_processes > 1:
-            why = "during an optimizer update" if self._updating else "in one of several processes"
-            kept = "nothing saved" if self._saved_step is None else f"the checkpoint at step {self._saved_step} stays"
-            self._say(f"dlm train: interrupted {why}; {kept}. Run the same command again to resume.")
-        elif step == self._saved_step or (self._saved_step is None and step == self.state["phase_start"]):
-            self._say(f"dlm train: interrupted at step {step}/{self.cfg.max_steps}; nothing new to save. "
-                      "Run the same command again to continue.")
-        else:
-            _set_rng_state(self._boundary_rng)  # as it was when the step finished: the resumed run is exact
-            self._save_checkpoint()
-            self._say(self._resume_hint("interrupted"))
-
-    def _resume_hint(self, what: str) -> str:
-        return (f"dlm train: {what} at step {self.state['step']}/{self.cfg.max_steps}; checkpoint in {self.ckpt}. "
-                "Run the same command again to resume.")
-
-    @contextlib.contextmanager
-    def _stop_on_ctrl_c(self):
-        """The first Ctrl-C (SIGINT) or SIGTERM (a scheduler preempting the job) asks the loop to stop
-        after the current step, with a checkpoint; a second one interrupts at once."""
-        self._stop_requested = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request(signum, frame):
-            if self._stop_requested:
-                if signum == signal.SIGINT:  # a second Ctrl-C: stop now
-                    raise KeyboardInterrupt
-                return  # launchers repeat SIGTERM (scheduler and agent): the stop is already on its way
-            self._stop_requested = True
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self._say(f"\ndlm train: {name} - stopping after this step to save a checkpoint (press Ctrl-C again "
-                      "to stop now)")
-
-        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> dict:
         from tqdm.auto import tqdm
@@ -359,7 +274,7 @@ class Trainer:
         start = self.state["phase_start"]
         step = self.state["step"]
         t0, seconds0 = time.perf_counter(), self.state["seconds"]
-        self._boundary_rng = _rng_state()
+        self._boundary_rng = rng_state()
         while step < cfg.max_steps:
             for group in self.opt.param_groups:
                 group["lr"] = lr_at(step, cfg, start)
@@ -389,13 +304,15 @@ class Trainer:
             if cfg.objective == "a2d":
                 entry["attention_ratio"] = anneal_ratio(step - 1, cfg.anneal_steps)
             self.state["log"].append(entry)
-            self._boundary_rng = _rng_state()
+            self._boundary_rng = rng_state()
             self._updating = False
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 entry["val_loss"] = round(self.evaluate(), 4)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=entry.get("val_loss", ""),
                             tok_s=f"{(self.state['tokens']) / max(self.state['seconds'], 1e-9):.0f}")
+            if bar.disable and (step % cfg.save_every == 0 or "val_loss" in entry):
+                self._say(_log_line(entry, cfg.max_steps))  # no progress bar (a log file): a line now and then
             out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
             stop = self._stop_requested and step < cfg.max_steps
             if self.acc.num_processes > 1:  # every rank must stop at the same step
@@ -463,14 +380,12 @@ class Trainer:
             shutil.rmtree(self.ckpt)
 
 
-def _rng_state():
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
+def _log_line(entry: dict, max_steps: int) -> str:
+    """One step of the training log as a line for a log file."""
+    rate = entry["tokens"] / max(entry["seconds"], 1e-9)
+    val = f" val_loss {entry['val_loss']:.4f}" if "val_loss" in entry else ""
+    return (f"dlm train: step {entry['step']}/{max_steps} loss {entry['loss']:.4f}{val} lr {entry['lr']:.2e} "
+            f"tokens {entry['tokens']:,} ({rate:.0f}/s) {entry['seconds'] / 60:.1f} min")
 
 
 def _hardware() -> dict:
