@@ -4,8 +4,10 @@
 # EOS committed last) and tiny-a2d-instruct. Every run is resumable (rerun the same command).
 #   bash scripts/eval_smol.sh ar          # lead-6, the base, smol-ar-instruct
 #   bash scripts/eval_smol.sh diffusion   # smol-a2d-instruct (three settings), tiny-a2d-instruct
+#   bash scripts/eval_smol.sh techdocs    # all of them on another domain: Python stdlib docstrings
+#                                         # (scripts/build_techdocs.py) -> their one-line summaries
 #   bash scripts/eval_smol.sh all
-# Results go to benchmarks/results/smol/ (then `dlm report benchmarks/results/smol` draws them).
+# Results go to benchmarks/results/smol/ and smol-techdocs/ (`dlm report DIR` draws them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DLM=${DLM:-.venv/bin/dlm}
@@ -28,9 +30,16 @@ diffusion() {
   three smol-a2d-instruct
   three tiny-a2d-instruct
 }
+techdocs() {  # the same models and settings on data of another domain (the Debian prompt)
+  OUT=$OUT-techdocs
+  run() { "$DLM" eval --task debian --data benchmarks/data/techdocs --limit "$LIMIT" --out "$OUT" --no-progress "$@"; }
+  ar
+  diffusion
+}
 case "${1:-}" in
   ar) ar ;;
   diffusion) diffusion ;;
-  all) ar; diffusion ;;
-  *) echo "usage: $0 ar|diffusion|all" >&2; exit 2 ;;
+  techdocs) techdocs ;;
+  all) ar; diffusion; techdocs ;;
+  *) echo "usage: $0 ar|diffusion|techdocs|all" >&2; exit 2 ;;
 esac

@@ -200,3 +200,7 @@ def test_model_identity_of_a_hub_snapshot_and_of_a_model_in_memory(tmp_path):
     cached.mkdir(parents=True)
     packaged = SimpleNamespace(path=str(cached), config={"dlm_base": {"name": "smollm2-135m-instruct"}})
     assert model_identity(packaged)["model"] == "smollm2-135m-instruct"
+    adapter = tmp_path / "pretrained" / "smol-ar-instruct"  # built on the base, so its config names it too
+    adapter.mkdir(parents=True)
+    tuned = SimpleNamespace(path=str(adapter), config={"dlm_base": {"name": "smollm2-135m-instruct"}})
+    assert model_identity(tuned)["model"] == "smol-ar-instruct"

@@ -95,11 +95,19 @@ def model_identity(model) -> dict[str, Any]:
     shipped = path.parent == pretrained_dir().resolve()
     name = path.name
     base = (getattr(model, "config", None) or {}).get("dlm_base")
-    if isinstance(base, dict) and base.get("name"):  # a packaged base, converted into the cache
+    if isinstance(base, dict) and _is_base_entry(path, base.get("name")):  # a packaged base, converted into the cache
         name = base["name"]
     elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         name = path.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
     return {"model": name, "model_path": str(path), "model_shipped": shipped}
+
+
+def _is_base_entry(path: Path, name) -> bool:
+    """Whether ``path`` is the cached conversion of the packaged base ``name`` itself (an adapter or a
+    model fine-tuned from it also records the base in its config, but has a name of its own)."""
+    from dlm.models.bases import BASES
+
+    return isinstance(name, str) and name in BASES and path.name == BASES[name].entry
 
 
 def example_seed(seed: int, example_id: str) -> int:
