@@ -62,7 +62,10 @@ class ModelFacts:
     max_length: int | None = None  # longest canvas config.json declares (max_position_embeddings, ...)
     max_length_field: str | None = None  # the config.json field max_length came from
     trained_length: int | None = None  # sequence length of training (config.json dlm_training.seq_len)
-    causal: bool = False  # a plain causal LM (config ``dlm_objective: causal``): only the ``ar`` sampler applies
+    # decoded with causal attention (config ``dlm_objective``: ``causal`` - a plain causal LM - or
+    # ``idlm``, an introspective DLM): only the samplers for causal models (``ar``, ``isd``) apply
+    causal: bool = False
+    introspective: bool = False  # an I-DLM (``dlm_objective: idlm``): mask slots draft, ``isd`` decodes it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolve_mask_id(self, override: int | None = None) -> int:
@@ -83,6 +86,8 @@ class ModelFacts:
             ids.append(self.eot_id)
         return tuple(ids)
 
+
+CAUSAL_OBJECTIVES = ("causal", "idlm")  # training objectives whose models decode with causal attention
 
 _LENGTH_FIELDS = ("max_position_embeddings", "max_sequence_length", "n_positions")
 
@@ -182,5 +187,6 @@ def resolve_facts(model_type: str, config: dict[str, Any], vocab_size: int, toke
         max_length=max_length,
         max_length_field=length_field,
         trained_length=trained,
-        causal=config.get("dlm_objective") == "causal",
+        causal=config.get("dlm_objective") in CAUSAL_OBJECTIVES,
+        introspective=config.get("dlm_objective") == "idlm",
     )

@@ -30,7 +30,9 @@ def sampler_class(name: str) -> type[Sampler]:
 
 
 def default_sampler(model) -> str:
-    """``"ar"`` for causal LMs, ``"llada"`` for diffusion models."""
+    """``"isd"`` for introspective DLMs (I-DLM), ``"ar"`` for causal LMs, ``"llada"`` for diffusion models."""
+    if model.facts.introspective and "isd" in SAMPLERS:
+        return "isd"
     return "ar" if model.facts.causal else "llada"
 
 
