@@ -157,7 +157,8 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
     base = load(base_dir, device=device, dtype=dtype)
     try:
         with quiet_peft():
-            net = PeftModel.from_pretrained(base.net, str(path))
+            # low_cpu_mem_usage: the LoRA layers are created empty (no random init) and filled from the file
+            net = PeftModel.from_pretrained(base.net, str(path), low_cpu_mem_usage=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot apply the adapter to {meta['base']} ({first_line(e)})") from None
     if merge:

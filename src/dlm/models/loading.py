@@ -205,7 +205,8 @@ def _build_hf_causal(path: Path, cfg: dict[str, Any], tensors, origin, dtype: to
         raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this config ({first_line(e)})") from None
     _remap_diffugpt(tensors, origin)
     tied = bool(getattr(net.config, "tie_word_embeddings", False))
-    optional = {k for k in net.state_dict() if k not in dict(net.named_parameters())}  # non-persistent buffers
+    params = {name for name, _ in net.named_parameters()}
+    optional = {k for k in net.state_dict() if k not in params}  # non-persistent buffers
     if tied:
         optional.add("lm_head.weight")
         if any(k.endswith("embed_tokens.weight") or k.endswith("wte.weight") for k in tensors):
