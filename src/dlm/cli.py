@@ -88,6 +88,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "versions": software_versions(),
             "results": results,
         }
+        if out.stats:  # what the sampler reports beyond NFE (isd: tokens_per_forward, acceptance_rate, ...)
+            record["stats"] = out.stats
         if args.history:
             record["history"] = out.history[:, :, out.prompt_length:].tolist()
         print(json.dumps(record))

@@ -13,9 +13,10 @@ from dlm.models.lengths import check_length
 from dlm.sampling.aliases import resolve_aliases
 from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, make_generators, parse_options
 from dlm.sampling.autoregressive import ARSampler
+from dlm.sampling.isd import ISDSampler
 from dlm.sampling.llada import LLaDASampler
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, ARSampler)}
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, ARSampler, ISDSampler)}
 
 
 def sampler_options(name: str) -> dict[str, object]:
@@ -203,7 +204,7 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     return GenerationOutput(
         sequences=state.x, prompt_length=P, nfe=state.nfe, seconds=seconds,
         history=torch.stack(state.history) if state.history is not None else None,
-        sampler=sampler, options=dataclasses.asdict(opts),
+        sampler=sampler, options=dataclasses.asdict(opts), stats=state.stats,
     )
 
 

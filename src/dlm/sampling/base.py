@@ -48,6 +48,7 @@ class GenerationOutput:
     history: torch.Tensor | None = None  # (S + 1, B, P + G): the initial canvas and the canvas after each step
     sampler: str = ""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # sampler figures (isd: tokens_per_forward, ...)
 
     @property
     def generated(self) -> torch.Tensor:  # (B, G)
@@ -104,6 +105,7 @@ class DenoiseState:
                           else (attention_mask == 0).sum(dim=1).tolist())
         self.prompt_index = x != mask_id  # (B, L): prompt and padding (what CFG masks out)
         self.nfe = 0
+        self.stats: dict[str, Any] = {}  # what a sampler reports beyond NFE (GenerationOutput.stats)
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
         self.progress = progress
 
