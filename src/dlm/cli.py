@@ -143,7 +143,8 @@ def describe(path: str | None) -> dict:
     info = {
         "path": str(model.path) + ("" if path else " (the embedded default)"),
         "model_type": facts.model_type,
-        "family": "causal LM (decoded with the ar sampler)" if facts.causal else FAMILIES[facts.model_type].note,
+        "family": ("introspective DLM (I-DLM; decoded with the isd sampler)" if facts.introspective
+                   else "causal LM (decoded with the ar sampler)" if facts.causal else FAMILIES[facts.model_type].note),
         "architecture": type(model.net).__name__,
         "parameters": model.num_parameters(),
         "vocab_size": facts.vocab_size,
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one prompt per line (blank lines skipped); a .jsonl file has one object per line "
                           "with \"prompt\" and optionally \"id\"; '-' reads plain text from stdin")
     g.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
-                   help="sampler (default: ar for causal LMs, llada for diffusion models)")
+                   help="sampler (default: isd for introspective models, ar for other causal LMs, llada for diffusion models)")
     g.add_argument("--gen-length", type=int, help="tokens to generate (default: the model's answer length, else 128)")
     g.add_argument("--steps", type=int, help="denoising steps (default: gen-length)")
     g.add_argument("--block-length", type=int, help="semi-autoregressive block length (default: gen-length)")

@@ -151,7 +151,7 @@ def add_parser(sub) -> None:
     e.add_argument("--data", default=None, help="local data file or directory (Hugging Face dataset layout); "
                    "debian defaults to the shipped data/debian")
     e.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
-                   help="sampler for generation tasks (default: ar for causal LMs, llada for diffusion models)")
+                   help="sampler for generation tasks (default: isd for introspective models, ar for other causal LMs, llada for diffusion models)")
     e.add_argument("--nfe", default=None, help="comma-separated forward-pass budgets, e.g. 8,16,32,64 "
                    "(default: the task's; scoring tasks: Monte Carlo copies or passes per example)")
     e.add_argument("--preset", default="default", help="the task's named sampler preset (e.g. eos_block)")
