@@ -16,7 +16,7 @@ from dlm.errors import DLMError
 from dlm.resources import available_bytes, format_bytes, forward_bytes, require_memory
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
-from dlm.models.registry import resolve_facts
+from dlm.models.registry import CAUSAL_OBJECTIVES, resolve_facts
 
 ARCHS = ("llama", "llada")
 
@@ -72,7 +72,7 @@ def new_model(arch: str, size: ModelSize, tokenizer, seed: int = 0, objective: s
         cfg = hf.to_dict()
         cfg.update(ids)
         model_type = "llama"
-    cfg["dlm_objective"] = "causal" if objective == "causal" else "diffusion"
+    cfg["dlm_objective"] = objective if objective in CAUSAL_OBJECTIVES else "diffusion"
     vocab_rows = net.config.padded_vocab_size if arch == "llada" else vocab
     facts = resolve_facts(model_type, cfg, vocab_rows, tokenizer)
     return DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=None)
@@ -87,13 +87,22 @@ def load_for_training(path: str | Path, objective: str) -> DiffusionLM:
 
 
 def for_objective(model: DiffusionLM, objective: str, path: str | Path) -> DiffusionLM:
-    """``model`` (loaded from ``path``) set up to train with ``objective`` (see :func:`load_for_training`)."""
+    """``model`` (loaded from ``path``) set up to train with ``objective`` (see :func:`load_for_training`).
+    ``dlm_objective`` follows the objective: ``causal``, ``idlm`` (a causal LM made introspective:
+    it needs a shifted causal LM, never LLaDA or a full-attention diffusion model), else ``diffusion``."""
     model.train()
-    if objective != "causal" and model.facts.causal:
+    if objective == "idlm" and (model.is_llada or not model.facts.causal or not model.facts.shifted):
+        kind = ("a LLaDA model (bidirectional attention, unshifted logits)" if model.is_llada else
+                "a diffusion model (full attention)")
+        raise DLMError(f"{path} is {kind}; --objective idlm makes a causal LM introspective (strictly causal "
+                       "attention, logit shift): --init a causal LM such as tiny-ar or smollm2-135m-instruct, "
+                       "or an idlm model")
+    label = objective if objective in CAUSAL_OBJECTIVES else "diffusion"
+    if model.facts.causal and model.config.get("dlm_objective") != label:
         if model.is_llada:
             raise DLMError("a LLaDA model cannot be a causal LM")
         cfg = dict(model.config)
-        cfg["dlm_objective"] = "diffusion"
+        cfg["dlm_objective"] = label
         tok = model.tokenizer
         if cfg.get("mask_token_id") is None and tok is not None and tok.mask_token_id is not None:
             cfg["mask_token_id"] = tok.mask_token_id
@@ -110,9 +119,12 @@ def for_objective(model: DiffusionLM, objective: str, path: str | Path) -> Diffu
 def training_memory(model: DiffusionLM, seq_len: int, batch_size: int, gradient_checkpointing: bool) -> dict:
     """Estimated bytes of one training micro-step: the weights, a gradient per trainable parameter,
     AdamW's two fp32 states per trainable parameter, and the activations of a (batch_size, seq_len)
-    forward and backward (:func:`dlm.resources.forward_bytes`). Parameter counts included."""
+    forward and backward (:func:`dlm.resources.forward_bytes`; an idlm model runs [x_t | x_0], twice
+    ``seq_len``). Parameter counts included."""
     from dlm.models.lengths import model_dims
 
+    if model.config.get("dlm_objective") == "idlm":
+        seq_len *= 2
     params = list(model.net.parameters())
     trainable = [p for p in params if p.requires_grad]
     dims = model_dims(model)

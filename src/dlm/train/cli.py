@@ -23,7 +23,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_parser(sub) -> None:
     t = sub.add_parser(
-        "train", help="train or adapt a model (causal LM, masked diffusion, AR -> diffusion, SFT)",
+        "train", help="train or adapt a model (causal LM, masked diffusion, AR -> diffusion, introspective, SFT)",
         description="Train on the Debian corpus. Runs on CPU as is; `accelerate launch dlm train ...` "
                     "(or `accelerate launch -m dlm.cli train ...`) scales it to several processes/GPUs. "
                     "OUT/checkpoint is written every --save-every steps, when --max-minutes runs out and on "
@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True,
                    help="output directory (model, card, checkpoint): new, empty, or a dlm training run")
     t.add_argument("--objective", choices=OBJECTIVES, default="mdm",
-                   help="causal: next-token LM; mdm: masked-diffusion ELBO; a2d: AR -> diffusion adaptation")
+                   help="causal: next-token LM; mdm: masked-diffusion ELBO; a2d: AR -> diffusion adaptation; "
+                        "idlm: introspective training of a causal LM (I-DLM: [x_t | x_0] input, N - 1 mask slots "
+                        "per block draft the next tokens; decoded by the isd sampler)")
     t.add_argument("--task", choices=["pretrain", "sft"], default="pretrain",
                    help="pretrain on packed text (the model is saved without a chat template), or SFT on "
                         "(description -> synopsis) pairs in the chat template (saved with the model)")
@@ -56,6 +58,17 @@ def add_parser(sub) -> None:
                    help="comma-separated names of the linear layers in the transformer blocks that get an adapter "
                         "(default: attention and MLP projections - LLaMA family q_proj,k_proj,v_proj,o_proj,"
                         "gate_proj,up_proj,down_proj; LLaDA q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out)")
+    t.add_argument("--lora-mask-slots-only", action="store_true",
+                   help="idlm with --lora (R-ISD): the adapter's update applies at mask slots only, so clean tokens "
+                        "run the base model exactly; the mask token's embedding row does not train")
+    t.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="idlm: tokens per forward N (one clean token + N - 1 mask slots per block; default 4)")
+    t.add_argument("--stride-schedule", default=None, metavar="N:STEP,...",
+                   help="idlm: a stride curriculum - stride N from optimizer step STEP (0-based) on, e.g. 2:0,4:200; "
+                        "the first starts at step 0; the last is the saved model's stride (instead of --stride)")
+    t.add_argument("--clean-weight", default=None, metavar="A|auto",
+                   help="idlm: weight a of the clean-token CE in L_mask + a L_clean, or auto = L_mask / L_clean "
+                        "(no gradient through the ratio); default as the reference: 0.2 for strides 2-3, auto from 4")
     t.add_argument("--arch", choices=ARCHS, default=None, help="architecture of a new model (default llada)")
     t.add_argument("--tokenizer", default=None,
                    help="tokenizer directory of a new model (default: the shipped data/tokenizer)")
@@ -116,6 +129,7 @@ def model_size(args) -> ModelSize:
 def cmd_train(args) -> int:
     import torch
 
+    from dlm.train.idlm import parse_clean_weight
     from dlm.train.trainer import Trainer, TrainConfig
 
     if args.threads is not None:
@@ -133,7 +147,9 @@ def cmd_train(args) -> int:
         mixed_precision=args.mixed_precision,
         lora=args.lora, lora_alpha=args.lora_alpha,
         lora_dropout=0.0 if args.lora_dropout is None else args.lora_dropout,
-        lora_targets=None if args.lora_targets is None else [t.strip() for t in args.lora_targets.split(",")])
+        lora_targets=None if args.lora_targets is None else [t.strip() for t in args.lora_targets.split(",")],
+        stride=args.stride, stride_schedule=args.stride_schedule, lora_mask_slots_only=args.lora_mask_slots_only,
+        clean_weight=None if args.clean_weight is None else parse_clean_weight(args.clean_weight))
     result = Trainer(cfg).train()
     if not result["main_process"]:
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dlm.errors import DLMError
 from dlm.train.build import ModelSize
+from dlm.train.idlm import DEFAULT_STRIDE, parse_clean_weight, stride_phases
 from dlm.train.objectives import OBJECTIVES
 
 DEFAULT_WARMUP = 100  # steps; runs shorter than 10 x this warm up over a tenth of their steps
@@ -16,7 +17,7 @@ DEFAULT_WARMUP = 100  # steps; runs shorter than 10 x this warm up over a tenth 
 @dataclass
 class TrainConfig:
     out: str
-    objective: str = "mdm"  # causal | mdm | a2d
+    objective: str = "mdm"  # causal | mdm | a2d | idlm
     task: str = "pretrain"  # pretrain (packed text) | sft (summarisation pairs)
     init: str | None = None  # checkpoint dir to start from; None = a new model of `arch` and `size`
     arch: str = "llada"
@@ -50,6 +51,10 @@ class TrainConfig:
     lora_alpha: float | None = None  # None = 2 x rank
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None  # layer names in the transformer blocks; None = the architecture's
+    stride: int | None = None  # idlm: N tokens per forward (N - 1 mask slots per block); None = 4 (dlm.train.idlm)
+    stride_schedule: str | None = None  # idlm: "N:STEP,N:STEP" - stride N from optimizer step STEP on
+    clean_weight: float | str | None = None  # idlm: weight of L_clean or "auto"; None = 0.2 for N <= 3, else auto
+    lora_mask_slots_only: bool = False  # idlm with --lora: the adapter acts at mask slots only (R-ISD)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -83,14 +88,15 @@ class TrainConfig:
             raise DLMError(f"--save-dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
         if not 0.0 <= self.instruction_dropout <= 1.0:
             raise DLMError(f"--instruction-dropout must be in [0, 1], got {self.instruction_dropout}")
-        if self.objective == "causal" and self.init is None and self.arch == "llada":
-            raise DLMError("--objective causal trains a causal LM: pass --arch llama (LLaDA is bidirectional)")
+        if self.objective in ("causal", "idlm") and self.init is None and self.arch == "llada":
+            raise DLMError(f"--objective {self.objective} trains a causal LM: pass --arch llama (LLaDA is bidirectional)")
         if self.task == "sft" and self.answer_length >= self.seq_len:
             raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
                            f"--seq-len {self.seq_len}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise DLMError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         self._validate_lora()
+        self._validate_idlm()
 
     def _validate_lora(self) -> None:
         if self.lora is None:
@@ -114,9 +120,35 @@ class TrainConfig:
             if bad:
                 raise DLMError(f"--lora-targets takes layer names such as q_proj,v_proj; {bad[0]!r} is not one")
 
+    def _validate_idlm(self) -> None:
+        names = {"stride": None, "stride_schedule": None, "clean_weight": None, "lora_mask_slots_only": False}
+        given = [f"--{k.replace('_', '-')}" for k, unset in names.items() if getattr(self, k) != unset]
+        if self.objective != "idlm":
+            if given:
+                raise DLMError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --objective idlm")
+            return
+        if self.stride is not None and self.stride_schedule is not None:
+            raise DLMError("--stride and --stride-schedule both set the stride: pass one")
+        if self.stride is not None and self.stride < 2:
+            raise DLMError(f"--stride must be >= 2 (one clean token and N - 1 mask slots per forward), got {self.stride}")
+        phases = stride_phases(self.stride, self.stride_schedule)
+        if phases[-1][1] >= self.max_steps:
+            raise DLMError(f"--stride-schedule {self.stride_schedule}: step {phases[-1][1]} is never reached in "
+                           f"--max-steps {self.max_steps}")
+        if max(n for n, _ in phases) > self.seq_len:
+            raise DLMError(f"stride {max(n for n, _ in phases)} is longer than --seq-len {self.seq_len}")
+        if self.seq_len < 2:
+            raise DLMError("--objective idlm needs --seq-len >= 2 (the first token is never a target)")
+        if self.clean_weight is not None:
+            parse_clean_weight(str(self.clean_weight))
+        if self.anneal_steps:
+            raise DLMError("--anneal-steps is for a2d; idlm attention is block-causal from the start")
+        if self.lora_mask_slots_only and self.lora is None:
+            raise DLMError("--lora-mask-slots-only gates a LoRA adapter: pass --lora RANK too")
+
     def resolved(self) -> TrainConfig:
-        """A copy with typed paths made absolute (relative to the current directory) and ``lora_alpha``
-        2 x ``lora`` when left out. Left out,
+        """A copy with typed paths made absolute (relative to the current directory), ``lora_alpha``
+        2 x ``lora`` when left out and an idlm run's ``stride`` 4 when no stride is given. Left out,
         ``data`` and a new model's ``tokenizer`` stay None - the shipped folders, wherever the
         command runs from and wherever the checkout lives (:meth:`data_dir`, :meth:`tokenizer_dir`),
         so a moved checkout still resumes its runs."""
@@ -127,7 +159,13 @@ class TrainConfig:
         if init is not None and Path(init).expanduser().exists():  # else a shipped model's name
             init = absolute(init)
         alpha = float(2 * self.lora) if self.lora is not None and self.lora_alpha is None else self.lora_alpha
-        return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init, lora_alpha=alpha)
+        stride, weight = self.stride, self.clean_weight
+        if self.objective == "idlm" and stride is None and self.stride_schedule is None:
+            stride = DEFAULT_STRIDE
+        if weight is not None:  # "AUTO", "0.5" -> "auto", 0.5
+            weight = parse_clean_weight(str(weight))
+        return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init, lora_alpha=alpha,
+                       stride=stride, clean_weight=weight)
 
     def data_dir(self) -> Path:
         from dlm.paths import data_path
@@ -166,5 +204,8 @@ def settings_json(cfg: TrainConfig) -> dict:
         d.pop("mixed_precision")
     if cfg.lora is None:  # a full run: recorded as before LoRA existed, so older runs still resume
         for key in ("lora", "lora_alpha", "lora_dropout", "lora_targets"):
+            d.pop(key)
+    if cfg.objective != "idlm":  # recorded only for idlm runs, so runs from before it still resume
+        for key in ("stride", "stride_schedule", "clean_weight", "lora_mask_slots_only"):
             d.pop(key)
     return d

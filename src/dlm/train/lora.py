@@ -63,8 +63,10 @@ class LoraRun:
         self.base_sha256 = adapters.weight_digests(Path(base.path))
         self.base_config, self.base_facts = copy.deepcopy(base.config), base.facts
         model = for_objective(base, cfg.objective, cfg.init)
-        # a causal LM never saw the mask token as input: its embedding row trains with the adapter
-        self.tokens = [model.facts.mask_id] if cfg.objective != "causal" and base.facts.causal else []
+        # a causal LM never saw the mask token as input: its embedding row trains with the adapter (not
+        # when the adapter acts at mask slots only: with tied embeddings the row is also a logit of clean tokens)
+        new_row = cfg.objective != "causal" and base.facts.causal and not cfg.lora_mask_slots_only
+        self.tokens = [model.facts.mask_id] if new_row else []
         return model
 
     def settings(self, model: DiffusionLM, available: set[str]) -> dict:

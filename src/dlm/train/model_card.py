@@ -16,7 +16,8 @@ def write_model_card(out: Path, run: dict, model) -> Path:
     size = cfg["size"]
     warmup = run.get("warmup_steps", cfg["warmup_steps"])  # the steps used (the setting may be the default)
     kind = {"causal": "causal (autoregressive) language model",
-            "mdm": "masked diffusion language model", "a2d": "diffusion language model adapted from an AR model"}
+            "mdm": "masked diffusion language model", "a2d": "diffusion language model adapted from an AR model",
+            "idlm": "introspective diffusion language model (I-DLM: causal, mask slots draft ahead)"}
     lines = [
         f"# {name}",
         "",
@@ -48,15 +49,27 @@ def write_model_card(out: Path, run: dict, model) -> Path:
     if cfg["objective"] == "a2d":
         lines.append(f"- attention-mask annealing causal -> full over {cfg['anneal_steps']} steps, shift operation, "
                      "masked-diffusion ELBO (DiffuGPT recipe)")
+    if cfg["objective"] == "idlm":
+        from dlm.train.idlm import describe
+
+        lines.append(describe(cfg))
     if cfg["task"] == "sft":
+        answer = "synopsis + EOS" if cfg["objective"] in ("causal", "idlm") else "synopsis + EOS fill"
         lines.append(f"- SFT on the summarisation train split; answer block {cfg['answer_length']} tokens "
-                     f"(synopsis + EOS fill); instruction dropout {cfg['instruction_dropout']}")
+                     f"({answer}); instruction dropout {cfg['instruction_dropout']}")
     lines.append(f"- data: {json.dumps(run['data'])}")
-    lines += ["", "## Validation", "",
-              "Validation loss on the validation split (nats per token; diffusion models: the masked-diffusion "
-              "ELBO with fixed noise, full attention; causal models: next-token cross-entropy):", "",
-              "| step | tokens | val loss |", "|---:|---:|---:|"]
-    lines += [f"| {e['step']} | {e['tokens']:,} | {e['val_loss']:.4f} |" for e in evals]
+    lines += ["", "## Validation", ""]
+    if cfg["objective"] == "idlm":
+        lines += ["Validation loss on the validation split (nats per token): the training loss L_mask + a L_clean at "
+                  "the final stride; L_mask the mask slots' CE per answer token, L_clean the clean tokens' "
+                  "next-token CE:", "", "| step | tokens | val loss | L_mask | L_clean |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {e['step']} | {e['tokens']:,} | {e['val_loss']:.4f} | {e.get('val_loss_mask', float('nan')):.4f} "
+                  f"| {e.get('val_loss_clean', float('nan')):.4f} |" for e in evals]
+    else:
+        lines += ["Validation loss on the validation split (nats per token; diffusion models: the masked-diffusion "
+                  "ELBO with fixed noise, full attention; causal models: next-token cross-entropy):", "",
+                  "| step | tokens | val loss |", "|---:|---:|---:|"]
+        lines += [f"| {e['step']} | {e['tokens']:,} | {e['val_loss']:.4f} |" for e in evals]
     lines += ["", "## Reproduce", "", "```", "dlm train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if
               sys.argv[1:2] == ["train"] else "see training_log.json for the settings", "```", "",
               f"Software: {json.dumps(run['versions'])}", ""]

@@ -1,4 +1,5 @@
-"""Training objectives: causal LM, masked diffusion (LLaDA) and AR -> diffusion adaptation (DiffuGPT).
+"""Training objectives: causal LM, masked diffusion (LLaDA), AR -> diffusion adaptation (DiffuGPT)
+and introspective training of a causal LM (I-DLM: :mod:`dlm.train.idlm`).
 
 AR adaptation (DiffuGPT / DiffuLLaMA, LLaMA-Factory ``ddm/trainer.py::inner_forward``):
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from dlm.diffusion.losses import masked_diffusion_loss
 
-OBJECTIVES = ("causal", "mdm", "a2d")
+OBJECTIVES = ("causal", "mdm", "a2d", "idlm")
 
 
 def anneal_ratio(step: int, anneal_steps: int) -> float:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from dlm.errors import DLMError, first_line
+from dlm.models.registry import CAUSAL_OBJECTIVES
 from dlm.provenance import cpu_model, software_versions
 from dlm.resources import cpu_has_bf16
 from dlm.train import cache
@@ -31,6 +32,7 @@ from dlm.train.build import check_training_length, load_for_training, new_model
 from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
 from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
                             pretraining_text, sft_examples, to_tensors)
+from dlm.train.idlm import IDLMObjective, finish_config
 from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
 from dlm.train.checkpointing import Checkpointing, rng_state
@@ -100,11 +102,12 @@ class Trainer(Checkpointing):
             self._say("dlm train: the model's tokenizer has no chat template (a base model); SFT formats prompts "
                       "with dlm's template and saves it with the model")
         self.facts = self.model.facts
+        self.idlm = IDLMObjective(cfg, self.facts.mask_id) if cfg.objective == "idlm" else None
         self.train_data, self.val_data, self.data_stats = self._load_data()
         world = self.acc.num_processes
         self.stream = BatchStream(len(self.train_data), cfg.batch_size * cfg.grad_accum, cfg.seed,
                                   self.acc.process_index, world)
-        trainable = self.model.net if cfg.objective == "causal" else self.model
+        trainable = self.model.net if cfg.objective in CAUSAL_OBJECTIVES else self.model  # idlm: dlm.train.idlm
         params = [p for p in trainable.parameters() if p.requires_grad]  # all, or LoRA's
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -165,7 +168,8 @@ class Trainer(Checkpointing):
         settings = {"task": cfg.task, "seq_len": cfg.seq_len}
         if cfg.task == "sft":
             settings.update(answer_length=cfg.answer_length, instruction_dropout=cfg.instruction_dropout,
-                            seed=cfg.seed, diffusion=cfg.objective != "causal", instruction=SUMMARY_INSTRUCTION)
+                            seed=cfg.seed, diffusion=cfg.objective not in CAUSAL_OBJECTIVES,
+                            instruction=SUMMARY_INSTRUCTION)
         tokenizer = cache.tokenizer_digest(self.tokenizer, chat=cfg.task == "sft")
         path = cache.cache_path({"data": [cache.file_digest(f) for f in files], "tokenizer": tokenizer, **settings})
         with self.acc.main_process_first():  # the main process tokenises and writes; the others read
@@ -191,7 +195,7 @@ class Trainer(Checkpointing):
             va, va_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in val], cfg.seq_len, show,
                                           "tokenising validation")
             return tr, va, {"train": tr_stats, "validation": va_stats}
-        diffusion = cfg.objective != "causal"
+        diffusion = cfg.objective not in CAUSAL_OBJECTIVES  # EOS-filled answer blocks; causal: answer + EOS
         tr, tr_stats = sft_examples(self.tokenizer, train, cfg.seq_len, cfg.answer_length, diffusion,
                                     cfg.instruction_dropout, cfg.seed, show, "tokenising train")
         va, va_stats = sft_examples(self.tokenizer, val, cfg.seq_len, cfg.answer_length, diffusion, 0.0, cfg.seed,
@@ -215,6 +219,8 @@ class Trainer(Checkpointing):
         objective = objective or cfg.objective
         if objective == "causal":
             return causal_lm_loss(self.trainable, batch)
+        if objective == "idlm":
+            return self.idlm.loss(self.trainable, batch, step)
         return diffusion_loss(self.trainable, batch, mask_id=self.facts.mask_id, shifted=self.facts.shifted,
                               objective=objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
 
@@ -222,7 +228,8 @@ class Trainer(Checkpointing):
     def evaluate(self) -> float:
         """Mean loss over the first ``eval_batches`` validation batches with fixed noise (seed 1234):
         the causal CE, or for every diffusion objective (a2d included) the same per-token
-        masked-diffusion ELBO with full attention, in nats - comparable across models."""
+        masked-diffusion ELBO with full attention, in nats - comparable across models; idlm: its own
+        loss at the final stride (L_mask and L_clean go to the log)."""
         cfg = self.cfg
         self.trainable.eval()
         g = torch.Generator(device=self.acc.device).manual_seed(1234)
@@ -232,7 +239,7 @@ class Trainer(Checkpointing):
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n))
             if len(idx) == 0:
                 break
-            objective = "causal" if cfg.objective == "causal" else "mdm"
+            objective = cfg.objective if cfg.objective in CAUSAL_OBJECTIVES else "mdm"
             losses.append(float(self._loss(self._batch(self.val_data, idx), step=0, generator=g, objective=objective)))
         self.trainable.train()
         return sum(losses) / max(1, len(losses))
@@ -303,11 +310,14 @@ class Trainer(Checkpointing):
                      "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1)}
             if cfg.objective == "a2d":
                 entry["attention_ratio"] = anneal_ratio(step - 1, cfg.anneal_steps)
+            if self.idlm is not None:
+                entry.update(self.idlm.log(step=step - 1))
             self.state["log"].append(entry)
             self._boundary_rng = rng_state()
             self._updating = False
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 entry["val_loss"] = round(self.evaluate(), 4)
+                entry.update(self.idlm.log("val_") if self.idlm is not None else {})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=entry.get("val_loss", ""),
                             tok_s=f"{(self.state['tokens']) / max(self.state['seconds'], 1e-9):.0f}")
@@ -359,6 +369,8 @@ class Trainer(Checkpointing):
         else:  # a pretrained (base) model was never trained on chat-formatted prompts
             self.tokenizer.chat_template = None
             (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
+        if self.idlm is not None:
+            finish_config(self.model.config, cfg)
         self.model.path = None
         staged = self.out / "final.tmp"  # written whole, then each file moved into place (OUT may hold a model)
         if staged.exists():
