@@ -4,6 +4,7 @@
 #   bash scripts/train_smol.sh ar     # smol-ar-instruct: causal LoRA SFT on the Debian summarisation split
 #   bash scripts/train_smol.sh a2d    # smol-a2d (DiffuGPT adaptation: annealing, shift, ELBO; LoRA + mask row)
 #                                     #   -> smol-a2d-instruct (diffusion SFT of smol-a2d)
+#   bash scripts/train_smol.sh idlm   # smol-idlm: introspective LoRA SFT (I-DLM), stride 2 then 4
 #
 # Runs write to runs/NAME (checkpoints there; rerun the same command to resume, e.g. after
 # --max-minutes or Ctrl-C) and the finished adapter is copied to src/dlm/pretrained/NAME.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 DLM=${DLM:-.venv/bin/dlm}
 RUNS=${RUNS:-runs}
 SHIP=${SHIP:-src/dlm/pretrained}
-CHAIN=${1:?usage: train_smol.sh ar|a2d [extra dlm train args]}
+CHAIN=${1:?usage: train_smol.sh ar|a2d|idlm [extra dlm train args]}
 shift
 EXTRA=(--threads 1 "$@")
 BASE=smollm2-135m-instruct
@@ -48,5 +49,9 @@ case "$CHAIN" in
       --warmup-steps 24 --anneal-steps 100
     stage smol-a2d-instruct --objective mdm --init smol-a2d "${LORA[@]}" "${SFT[@]}" --max-steps 160
     ;;
-  *) echo "unknown chain $CHAIN (ar | a2d)" >&2; exit 2 ;;
+  idlm)
+    stage smol-idlm --objective idlm --init "$BASE" "${LORA[@]}" "${SFT[@]}" --max-steps 150 \
+      --stride-schedule 2:0,4:50
+    ;;
+  *) echo "unknown chain $CHAIN (ar | a2d | idlm)" >&2; exit 2 ;;
 esac
