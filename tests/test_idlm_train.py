@@ -310,6 +310,21 @@ def test_lora_mask_slots_only_run(tmp_path, data_dir, ar_dir):
     a, b = (dlm.load(tmp_path / name, merge=False).net.state_dict() for name in ("risd", "risd_gc"))
     for k in (k for k in a if "lora_" in k):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    # loaded, the adapter stays apart and is gated by the input: clean tokens run the base model
+    # exactly, mask tokens the adapter, so isd at T = 0 commits the base model's own greedy tokens
+    risd = dlm.load(tmp_path / "risd")
+    assert risd.facts.introspective and type(risd.net).__name__ == "PeftModel"
+    with pytest.raises(dlm.CheckpointError, match="acts at mask slots only"):
+        dlm.load(tmp_path / "risd", merge=True)
+    masked = ids.clone()
+    masked[0, 6:] = MASK
+    with torch.no_grad():
+        assert torch.equal(risd.net(input_ids=ids).logits, base.net(input_ids=ids).logits)
+        got, ref = risd.net(input_ids=masked).logits, base.net(input_ids=masked).logits
+    assert torch.equal(got[0, :6], ref[0, :6]) and not torch.allclose(got[0, 6:], ref[0, 6:])
+    prompt = ids[:, :5]
+    out = dlm.generate(risd, prompt, sampler="isd", gen_length=12, stride=4, stop_at_eos=False)
+    assert torch.equal(out, dlm.generate(base, prompt, sampler="ar", gen_length=12, stop_at_eos=False))
 
 
 @pytest.mark.parametrize("argv, message", [

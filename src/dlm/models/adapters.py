@@ -137,15 +137,24 @@ def read_adapter_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bool = True) -> DiffusionLM:
-    """The base of the adapter in ``path`` with the adapter applied (merged into its weights, or
-    with ``merge=False`` kept apart as a peft PeftModel in ``model.net``)."""
+def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bool | None = None) -> DiffusionLM:
+    """The base of the adapter in ``path`` with the adapter applied (merged into its weights by
+    default, or with ``merge=False`` kept apart as a peft PeftModel in ``model.net``). An R-ISD
+    adapter (``dlm_idlm.lora_mask_slots_only``) acts only where the input is the mask token, which
+    a merge cannot express: it is kept apart and gated (``merge=True`` is refused)."""
     from peft import PeftModel
 
     from dlm.models.loading import _load_tokenizer, load
     from dlm.models.locate import resolve_model_path
 
     meta = read_adapter_meta(path)
+    idlm = meta["config"].get("dlm_idlm")
+    gated = isinstance(idlm, dict) and bool(idlm.get("lora_mask_slots_only"))
+    if gated and merge:
+        raise CheckpointError(f"{path} is an R-ISD adapter that acts at mask slots only (the committed tokens run the "
+                              "base model exactly); merging would apply it everywhere - load it with merge unset "
+                              "or merge=False")
+    merge = not gated if merge is None else merge
     try:
         base_dir = resolve_model_path(meta["base"])
     except CheckpointError as e:
@@ -168,4 +177,8 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
         cfg.pop(key, None)
     tokenizer = _load_tokenizer(path) or base.tokenizer
     facts = resolve_facts(cfg["model_type"], cfg, base.facts.vocab_size, tokenizer, source=str(path / ADAPTER_FILE))
+    if gated:
+        from dlm.models.lora_gate import gate_by_mask_token
+
+        gate_by_mask_token(net, facts.resolve_mask_id())
     return DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path).to(device=device, dtype=dtype).eval()

@@ -251,15 +251,16 @@ def _load_tokenizer(path: Path) -> Any:
 
 
 def load(path: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype | None = None, merge: bool = True) -> DiffusionLM:
+         dtype: str | torch.dtype | None = None, merge: bool | None = None) -> DiffusionLM:
     """Load a local checkpoint directory as a :class:`DiffusionLM` (``None``: the shipped default;
     a shipped model's name such as ``"tiny-a2d"`` also works, and so does a hub id such as
     ``"GSAI-ML/LLaDA-8B-Instruct"`` that is in the local Hugging Face cache: ``model.path`` is then
     the snapshot directory). Nothing is ever downloaded.
 
     An adapter directory (``dlm_adapter.json``, from ``dlm train --lora``) loads its base and applies
-    the adapter (:mod:`dlm.models.adapters`): merged into the weights, or with ``merge=False`` kept
-    apart as a peft ``PeftModel`` in ``model.net``."""
+    the adapter (:mod:`dlm.models.adapters`): merged into the weights (the default), or with
+    ``merge=False`` kept apart as a peft ``PeftModel`` in ``model.net``. An R-ISD adapter (acting at
+    mask slots only) is always kept apart, gated by the input (:mod:`dlm.models.lora_gate`)."""
     dev = parse_device(device)
     torch_dtype = parse_dtype(dtype, dev)
     from dlm.models.adapters import is_adapter_dir, load_adapter
@@ -269,7 +270,7 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     path = default_path() if path is None else resolve_model_path(path)
     if path.is_dir() and is_adapter_dir(path):
         return load_adapter(path, dev, torch_dtype, merge=merge)
-    if not merge:
+    if merge is False:
         raise DLMError(f"merge=False keeps a LoRA adapter apart from its base; {path} is not an adapter directory "
                        "(no dlm_adapter.json)")
     cfg = read_config(path)

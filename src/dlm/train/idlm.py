@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
+from dlm.models.lora_gate import LoraGate
 
 IGNORE = -100
 DEFAULT_STRIDE = 4
@@ -176,43 +177,6 @@ def idlm_loss(net, batch: dict[str, torch.Tensor], mask_id: int, stride: int, cl
 
 
 # -- R-ISD: LoRA at mask slots only -----------------------------------------------------------------
-class LoraGate:
-    """Multiplies every peft LoRA update (the ``lora_B`` output, (B, T, out)) by ``value`` (B, T, 1):
-    with 1 at mask slots and 0 elsewhere the clean tokens run the base model exactly (x + 0 == x),
-    and so do their keys and values, which is what R-ISD's lossless verification needs. ``value``
-    stays set after a forward (gradient checkpointing recomputes in backward); None = no gate."""
-
-    def __init__(self):
-        self.value: torch.Tensor | None = None
-        self.handles: list = []
-
-    def attach(self, net) -> LoraGate:
-        if self.handles:
-            return self
-        from peft.tuners.lora import LoraLayer
-
-        for module in net.modules():
-            if isinstance(module, LoraLayer):
-                self.handles += [b.register_forward_hook(self._hook) for b in module.lora_B.values()]
-        if not self.handles:
-            raise DLMError("--lora-mask-slots-only gates a LoRA adapter, and this model has no LoRA layers")
-        return self
-
-    def detach(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles, self.value = [], None
-
-    def _hook(self, module, inputs, output):
-        gate = self.value
-        if gate is None:
-            return None
-        if output.shape[:-1] != gate.shape[:-1]:
-            raise DLMError(f"the LoRA mask-slot gate was set for {tuple(gate.shape[:-1])} tokens, the forward has "
-                           f"{tuple(output.shape[:-1])}; set LoraGate.value for this input (None: no gate)")
-        return output * gate.to(output.dtype)
-
-
 # -- the objective in a run -------------------------------------------------------------------------
 class IDLMObjective:
     """What ``dlm train`` needs: the loss at a step, the parts for the log, the saved config."""
