@@ -33,7 +33,7 @@ def _print_table(summary: dict) -> None:
     from dlm.eval.report import format_value, task_metrics
 
     cols = task_metrics([summary]) + ["mean_nfe", "seconds_per_example", "mean_answer_tokens", "share_empty",
-                                       "share_premature_stop", "tokens_per_pass"]
+                                       "share_premature_stop", "tokens_per_pass", "acceptance_rate"]
     cols = [c for c in cols if any(c in r for r in summary["results"])]
     print("| budget | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
@@ -57,12 +57,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from dlm.eval.baselines import parse_baseline
 
         parse_baseline(args.baseline)
+    if args.introspection:
+        from dlm.eval.runner import check_introspection
+
+        check_introspection(task, args.baseline)
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
     cfg = EvalConfig(task=task, model_arg=args.model, out_dir=out_dir, sampler=args.sampler,
                      budgets=budgets, preset=args.preset, options=options,
                      limit=args.limit, seed=args.seed, sample_seed=args.sample_seed, batch_size=args.batch_size,
                      name=args.name, baseline=args.baseline, progress=sys.stderr.isatty() if args.progress is None else args.progress,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, introspection=args.introspection)
     summary = run_eval(model, cfg)
     if args.json:
         print(json.dumps(summary))
@@ -167,6 +171,10 @@ def add_parser(sub) -> None:
                    help="score a model-free baseline instead of generating: lead-N answers with the first N words "
                         "of the source (summarisation tasks); --model still selects the examples (its tokenizer "
                         "applies max_prompt_tokens) and counts answer tokens")
+    e.add_argument("--introspection", action="store_true",
+                   help="generation tasks: add each sample's introspective acceptance rate (I-DLM: mean of "
+                        "min(1, p/q) over its answer tokens, p the model's causal re-scoring; one extra pass for a "
+                        "causal LM, one per answer token for a diffusion model) and its mean per budget")
     e.add_argument("--out", default="results", help="output directory (default results/)")
     e.add_argument("--name", default=None, help="run name (default: MODEL__TASK__SAMPLER)")
     e.add_argument("--overwrite", action="store_true", help="discard earlier results of this run instead of resuming")

@@ -9,6 +9,9 @@ token (EOS / end of turn), as :func:`dlm.sampling.batching.answer_ids` returns t
   or more than half are one and the same token.
 * ``premature_stop``: the model ended its answer (a stop token inside the generated region) before
   a quarter of the reference length (in tokens of the same tokenizer).
+* ``acceptance_rate`` (``dlm eval --introspection``): the introspective acceptance rate of the
+  sample (:func:`dlm.acceptance_rate`, written by the runner); per budget its mean over the samples
+  that have one.
 """
 
 from __future__ import annotations
@@ -70,4 +73,7 @@ def aggregate_diagnostics(samples: list[dict]) -> dict:
     for k in ("empty", "degenerate", "stopped", "premature_stop"):
         if all(k in s for s in samples):
             out[f"share_{k}"] = sum(bool(s[k]) for s in samples) / n
+    if all("acceptance_rate" in s for s in samples):
+        rates = [s["acceptance_rate"] for s in samples if s["acceptance_rate"] is not None]
+        out["acceptance_rate"] = sum(rates) / len(rates) if rates else None
     return out

@@ -14,7 +14,8 @@ from typing import Any
 from dlm.errors import DLMError
 
 TABLE_COLUMNS = ("mean_nfe", "seconds_per_example", "tokens_per_second", "tokens_per_pass", "mean_answer_tokens",
-                 "adjacent_repetition", "distinct_2", "share_empty", "share_degenerate", "share_premature_stop")
+                 "adjacent_repetition", "distinct_2", "share_empty", "share_degenerate", "share_premature_stop",
+                 "acceptance_rate")
 
 
 NOT_METRICS = ("budget", "examples", "seconds", "mean_words", "distinct_1", "share_stopped", "sampler_options")

@@ -38,6 +38,10 @@ from dlm.eval.tasks.base import Example, Task
 RESUMABLE_CHANGES = ("budgets", "limit", "batch_size", "model_requested")
 RESUME_HINT = "rerun the same dlm eval command to continue (samples already written are kept)"
 SEED_SCHEME = "per example: int.from_bytes(sha256(f'{seed}:{id}')[:8]) % 2**31"
+# the definition --introspection scores (settings["introspection"]), see dlm.diffusion.introspection
+INTROSPECTION = ("acceptance_rate: mean over answer tokens (through the first stop token) of min(1, p/q); q recorded "
+                 "by the sampler, p re-scored causally (causal LMs: one causal pass; diffusion models: positions >= k "
+                 "masked), both softmax(l/T), T = 0 read at 1")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class EvalConfig:
     batch_size: int = 8
     name: str | None = None
     baseline: str | None = None  # "lead-N": score a model-free baseline instead of generating (dlm.eval.baselines)
+    introspection: bool = False  # add each sample's introspective acceptance rate (dlm.acceptance_rate)
     progress: bool = False
     overwrite: bool = False
 
@@ -108,6 +113,14 @@ def _is_base_entry(path: Path, name) -> bool:
     from dlm.models.bases import BASES
 
     return isinstance(name, str) and name in BASES and path.name == BASES[name].entry
+
+
+def check_introspection(task: Task, baseline: str | None) -> None:
+    """--introspection re-scores a sampler's answers: refused for scoring tasks and baselines."""
+    if baseline is not None:
+        raise DLMError(f"--introspection re-scores a sampler's answers; --baseline {baseline} generates nothing")
+    if task.kind != "generate":
+        raise DLMError(f"--introspection applies to generation tasks; {task.name!r} scores the model itself")
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -231,6 +244,8 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     if cfg.limit is not None and cfg.limit < 1:
         raise DLMError(f"--limit must be >= 1, got {cfg.limit}")
     check_output_dir(cfg.out_dir)
+    if cfg.introspection:
+        check_introspection(task, cfg.baseline)
     plan = _sampler_plan(model, cfg)
     examples = task.load_for(model)
     if plan.lead_words is not None and examples and "source" not in examples[0].fields:
@@ -261,7 +276,9 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
                 "sampler": plan.sampler, "preset": cfg.preset if task.kind == "generate" else None,
                 "options": plan.options, "resolved_options": plan.resolved, "seed": cfg.seed,
                 "sampler_seeds": SEED_SCHEME if task.kind == "generate" else None, "sample_seed": cfg.sample_seed,
-                "budgets": plan.budgets, "limit": cfg.limit, "batch_size": cfg.batch_size}
+                "budgets": plan.budgets, "limit": cfg.limit, "batch_size": cfg.batch_size,
+                # only when on, so that summaries written before the option existed still resume
+                **({"introspection": INTROSPECTION} if cfg.introspection else {})}
     if cfg.overwrite:
         samples_path.unlink(missing_ok=True)
         summary_path.unlink(missing_ok=True)
@@ -320,7 +337,8 @@ def _run_budget(model, cfg: EvalConfig, plan: SamplerPlan, budget: int | None, t
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start: start + cfg.batch_size]
             if task.kind == "generate":
-                records = _generate_batch(model, task, batch, prompts, plan, budget, cfg.seed)
+                records = _generate_batch(model, task, batch, prompts, plan, budget, cfg.seed,
+                                          introspection=cfg.introspection)
             else:
                 t0 = time.perf_counter()
                 records = task.score_batch(model, batch, budget, cfg.seed)
@@ -339,9 +357,9 @@ def _run_budget(model, cfg: EvalConfig, plan: SamplerPlan, budget: int | None, t
 
 
 def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], plan: SamplerPlan,
-                    budget: int | None, seed: int) -> list[dict[str, Any]]:
+                    budget: int | None, seed: int, introspection: bool = False) -> list[dict[str, Any]]:
     from dlm.sampling import sampler_class
-    from dlm.sampling.batching import generate_answers
+    from dlm.sampling.batching import generate_answers, left_pad
 
     if plan.lead_words is not None:
         return _baseline_batch(model, task, batch, plan.lead_words)
@@ -352,15 +370,23 @@ def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, 
     out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
                                     **run_options)
     G = out.generated.shape[1]
+    extra: list[dict[str, Any]] = [{} for _ in batch]
+    if introspection:
+        from dlm.diffusion.introspection import acceptance_rate
+
+        t0 = time.perf_counter()
+        alpha = acceptance_rate(model, out, attention_mask=left_pad(model, [prompts[ex.id] for ex in batch])[1])
+        seconds = (time.perf_counter() - t0) / len(batch)
+        extra = [{"acceptance_rate": rate, "introspection_seconds": seconds} for rate in alpha.rates]
     records = []
-    for ex, answer, ex_seed in zip(batch, answers, seeds):
+    for ex, answer, ex_seed, more in zip(batch, answers, seeds, extra):
         text = model.decode(answer).strip()
         length_ref = ex.fields.get("length_reference", ex.reference)
         ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
         records.append({
             "prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": ex_seed, "nfe": out.nfe,
             "seconds": out.seconds / len(batch), "gen_length": G,
-            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens),
+            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens), **more,
         })
     return records
 

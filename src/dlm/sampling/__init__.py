@@ -148,8 +148,9 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
              **options):
     """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
 
-    Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history)
-    with ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
+    Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history,
+    stats, ``token_probs``: q of each generated token, see :func:`dlm.acceptance_rate`) with
+    ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
     diffusion models. ``options`` are the sampler's; Hugging Face names are translated
     (``max_new_tokens`` -> ``gen_length``, ``do_sample=False`` -> ``temperature=0``) or refused.
 
@@ -204,7 +205,7 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
     return GenerationOutput(
         sequences=state.x, prompt_length=P, nfe=state.nfe, seconds=seconds,
         history=torch.stack(state.history) if state.history is not None else None,
-        sampler=sampler, options=dataclasses.asdict(opts), stats=state.stats,
+        sampler=sampler, options=dataclasses.asdict(opts), stats=state.stats, token_probs=state.token_probs,
     )
 
 

@@ -5,6 +5,12 @@ left to right - so NFE, per-step history and padded batches mean the same thing:
 number of forward passes (one per generated token; the prompt is prefilled in the first pass)
 and each history frame is the canvas after one more token. Rows that emitted a stop token are
 filled with EOS; when every row has stopped the loop ends early.
+
+q of each drawn token (``GenerationOutput.token_probs``) is ``softmax(l / T)[token]``, the
+distribution the Gumbel-max draw samples; at T = 0 (the argmax, a point mass) it is the softmax at
+T = 1, the token's probability under the model - so a causal LM decoded by ``ar`` has q = p and an
+introspective acceptance rate of 1 (up to the rounding of the KV cache, see
+:func:`dlm.acceptance_rate`). The EOS fill of stopped rows was not drawn: NaN.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm.sampling.base import DenoiseState, Sampler
+from dlm.sampling.base import DenoiseState, Sampler, token_probability
 from dlm.sampling.llada import gumbel_argmax
 
 
@@ -61,6 +67,9 @@ class ARSampler(Sampler):
             if self.opts.temperature > 0:
                 noise = state.rand_rows(logits.shape[-1], dtype=torch.float64)  # (B, V)
             token = gumbel_argmax(logits, self.opts.temperature, noise)  # (B,)
+            drawn = (~done).nonzero()[:, 0]  # (b,) rows still decoding: their token is a draw
+            state.record_token_probs(drawn, P + i, token_probability(logits[drawn], token[drawn],
+                                                                      self.opts.temperature))
             if self.opts.stop_at_eos and eos is not None:
                 token = torch.where(done, torch.full_like(token, eos), token)
                 done |= torch.isin(token, stops)

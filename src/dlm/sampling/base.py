@@ -49,6 +49,10 @@ class GenerationOutput:
     sampler: str = ""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # sampler figures (isd: tokens_per_forward, ...)
+    # (B, G) float32: q of each generated token - its probability under the distribution the sampler
+    # drew it from when it was committed (see token_probability); NaN where no token was drawn (the EOS
+    # fill after a row stopped); None when the sampler records nothing. dlm.acceptance_rate reads it.
+    token_probs: torch.Tensor | None = None
 
     @property
     def generated(self) -> torch.Tensor:  # (B, G)
@@ -64,6 +68,20 @@ class Block:
 
 
 Seed = Union[int, Sequence[int], None]
+
+
+def token_probability(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / T)[token] in float64: logits (..., V), tokens (...) -> (...).
+
+    The probability the samplers record as q of a committed token (``GenerationOutput.token_probs``)
+    and :func:`dlm.acceptance_rate` computes as p of the causal re-scoring, so both go through the
+    same arithmetic. T = 0 (greedy: the argmax, a point mass) is read at T = 1, the model's own
+    softmax - the confidence LLaDA ranks positions by.
+    """
+    z = logits.double()
+    if temperature > 0 and temperature != 1.0:
+        z = z / temperature
+    return (z.gather(-1, tokens[..., None].to(z.device)) - torch.logsumexp(z, dim=-1, keepdim=True))[..., 0].exp()
 
 
 def make_generators(seed: Seed, batch: int, device) -> torch.Generator | list[torch.Generator] | None:
@@ -106,6 +124,7 @@ class DenoiseState:
         self.prompt_index = x != mask_id  # (B, L): prompt and padding (what CFG masks out)
         self.nfe = 0
         self.stats: dict[str, Any] = {}  # what a sampler reports beyond NFE (GenerationOutput.stats)
+        self.token_probs: torch.Tensor | None = None  # (B, G) q of committed tokens (GenerationOutput.token_probs)
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
         self.progress = progress
 
@@ -132,6 +151,16 @@ class DenoiseState:
         if not bool(torch.isfinite(logits.amax(dim=-1)).all()):
             raise DLMError("the model produced NaN/inf logits (broken or overflowed weights; try float32)")
         return logits
+
+    def record_token_probs(self, rows, positions, probs) -> None:
+        """Record q of tokens committed now: ``rows`` and absolute canvas ``positions`` (ints or index
+        tensors of one shape) and their probability ``probs`` under the distribution they were drawn from."""
+        if self.token_probs is None:
+            B, L = self.x.shape
+            self.token_probs = torch.full((B, L - self.prompt_length), float("nan"), dtype=torch.float32,
+                                          device=self.x.device)
+        self.token_probs[rows, positions - self.prompt_length] = torch.as_tensor(probs, dtype=torch.float32,
+                                                                                   device=self.x.device)
 
     @property
     def per_row(self) -> bool:

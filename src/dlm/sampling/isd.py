@@ -45,6 +45,14 @@ per-request figure leaves the prefill out: ``tokens / (forwards - 1)``), per-row
 ``forwards``, ``accepted`` / ``proposed`` drafts (``acceptance_rate``: accepted / proposed = mean
 accepted prefix / (N - 1)), ``cold_rounds`` and ``verify_rounds``. One ``state.record()`` per
 forward; the canvas fills left to right (rows that stopped are filled with EOS, as ``ar`` does).
+
+``GenerationOutput.token_probs`` (q of each emitted token, for :func:`dlm.acceptance_rate`), at
+T > 0 ``softmax(l / T)`` of the slot that decided the token: an accepted draft keeps the q of its
+draft slot (the ratio the acceptance test weighs), clean tokens, ``t0`` and corrections record p of
+their verify slot. Top-k / top-p are left out of both (the reference's own acceptance test, mode
+``reference``, uses the full softmax too). At T = 0 acceptance means "the draft is the argmax of p",
+so every emitted token is p's argmax and records p at T = 1: greedy ``isd`` on a causal model has
+q = p, as ``ar`` does. The EOS fill after a stop is NaN.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import torch
 
 from dlm.errors import DLMError
 from dlm.sampling.autoregressive import kv_cache_kwargs
-from dlm.sampling.base import DenoiseState, Sampler
+from dlm.sampling.base import DenoiseState, Sampler, token_probability
 
 MODES = ("reference", "exact")
 
@@ -139,19 +147,29 @@ class ISDSampler(Sampler):
         """Clean tokens (R,) from logits (R, V): argmax at T = 0, else a draw of sample_probs."""
         return logits.argmax(-1) if self.opts.temperature == 0 else draw(self.sample_probs(logits), u)
 
-    def round(self, logits: torch.Tensor, u: torch.Tensor | None, specs: list[int], q: torch.Tensor | None):
-        """One row's forward: logits (2N-1, V); u (2N,) uniforms (T > 0); specs in slots 1..a; q (a, V).
+    def prob(self, logits: torch.Tensor, token: int) -> float:
+        """softmax(l / T)[token] of one slot's logits (V,) (T = 0: at T = 1), for token_probs."""
+        return float(token_probability(logits, torch.tensor(token, device=logits.device), self.opts.temperature))
 
-        Returns (tokens to emit, slots to commit, next head, next specs, next q, accepted drafts).
-        Uniforms: u[:K] acceptance, u[K] correction, u[N] clean token, u[N+1:] drafts (exact mode).
+    def round(self, logits: torch.Tensor, u: torch.Tensor | None, specs: list[int], q: torch.Tensor | None,
+              spec_q: list[float]):
+        """One row's forward: logits (2N-1, V); u (2N,) uniforms (T > 0); specs in slots 1..a; q (a, V);
+        spec_q (a,): each draft's recorded q (token_probs).
+
+        Returns (tokens to emit, their token_probs, slots to commit, next head, next specs, next q,
+        next spec_q, accepted drafts). Uniforms: u[:K] acceptance, u[K] correction, u[N] clean token,
+        u[N+1:] drafts (exact mode).
         """
         K, a, greedy = self.opts.stride - 1, len(specs), self.opts.temperature == 0
+        # token_probs: T > 0, an accepted draft keeps the q it was drawn with; T = 0, acceptance is
+        # "s is the argmax of p", so the emitted token is p's argmax and its p is recorded
+        probs = [self.prob(logits[i], s) for i, s in enumerate(specs)] if greedy else list(spec_q)
         for i, s in enumerate(specs):  # slot i predicts slot i + 1, where specs[i] sits
             if greedy:
                 best = int(logits[i].argmax())
                 if s == best:
                     continue
-                return specs[:i] + [best], i + 1, best, [], None, i
+                return specs[:i] + [best], probs[:i] + [self.prob(logits[i], best)], i + 1, best, [], None, [], i
             p = self.target_probs(logits[i])  # (V,)
             ratio = float(p[s] / q[i, s]) if q[i, s] > 0 else 0.0
             if ratio >= 1 or float(u[i]) < ratio:
@@ -159,10 +177,12 @@ class ISDSampler(Sampler):
             residual = (p - q[i]).clamp_min(0)  # (V,)
             dist = residual if float(residual.sum()) > 0 else p
             c = int(draw(dist[None], u[K:K + 1])[0])
-            return specs[:i] + [c], i + 1, c, [], None, i
+            return specs[:i] + [c], probs[:i] + [self.prob(logits[i], c)], i + 1, c, [], None, [], i
         clean = int(self.pick(logits[a:a + 1], None if greedy else u[K + 1:K + 2])[0])
         new, new_q = self.drafts(logits[a + 1:a + 1 + K], None if greedy else u[K + 2:])
-        return specs + [clean], a + 1, clean, new.tolist(), new_q, a
+        new_spec_q = [] if greedy else token_probability(logits[a + 1:a + 1 + K], new, self.opts.temperature).tolist()
+        return (specs + [clean], probs + [self.prob(logits[a], clean)], a + 1, clean, new.tolist(), new_q, new_spec_q,
+                a)
 
     # -- the loop -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,8 +197,9 @@ class ISDSampler(Sampler):
         emitted, done, forwards = [0] * B, [False] * B, [0] * B
         stats = {"accepted": 0, "proposed": 0, "cold_rounds": 0, "verify_rounds": 0}
 
-        def emit(r: int, tokens: list[int]) -> None:  # append left to right; a stop token or G ends the row
-            for t in tokens:
+        def emit(r: int, tokens: list[int], probs: list[float]) -> None:  # a stop token or G ends the row
+            for t, prob in zip(tokens, probs):
+                state.record_token_probs(r, P + emitted[r], prob)
                 x[r, P + emitted[r]] = t
                 emitted[r] += 1
                 if t in stops or emitted[r] == G:
@@ -198,10 +219,11 @@ class ISDSampler(Sampler):
         u = noise()
         last = state.check_finite(out.logits[:, -1].float())  # (B, V): the prompt's last logits
         t0 = self.pick(last, None if u is None else u[:, N])  # (B,)
-        heads, specs, qs = t0.tolist(), [[] for _ in range(B)], [None] * B
+        heads, specs, qs, spec_q = t0.tolist(), [[] for _ in range(B)], [None] * B, [[] for _ in range(B)]
+        t0_q = token_probability(last, t0, o.temperature).tolist()  # (B,)
         for r in range(B):
             forwards[r] += 1
-            emit(r, [heads[r]])
+            emit(r, [heads[r]], [t0_q[r]])
         state.record()
         layers = _full_attention_layers(next(iter(cache.values())))
         rows = [r for r in range(B) if not done[r]]  # rows still decoding = the cache's rows, in this order
@@ -226,10 +248,10 @@ class ISDSampler(Sampler):
                 forwards[r] += 1
                 stats["verify_rounds" if specs[r] else "cold_rounds"] += 1
                 stats["proposed"] += len(specs[r])
-                tokens, commit, heads[r], specs[r], qs[r], accepted = self.round(
-                    logits[i], None if u is None else u[r], specs[r], qs[r])
+                tokens, probs, commit, heads[r], specs[r], qs[r], spec_q[r], accepted = self.round(
+                    logits[i], None if u is None else u[r], specs[r], qs[r], spec_q[r])
                 stats["accepted"] += accepted
-                emit(r, tokens)
+                emit(r, tokens, probs)
                 commits.append(commit)
             state.record()
             keep = [not done[r] for r in rows]

@@ -13,6 +13,13 @@ per-row seeds draw each row's noise separately instead, see ``DenoiseState.rand_
   ``argmax(exp(l) / (-log U)^T)`` in float64; confidence is ``softmax(logits)[x0]`` (or ``U(0, 1)``
   for ``remasking="random"``), ``-inf`` past the current block and at unmasked positions, and the
   top-k most confident masked positions of each row are committed.
+
+Each committed token's q - its probability under the distribution it was drawn from - is recorded
+in ``GenerationOutput.token_probs``: the Gumbel-max draw ``argmax(l / T + Gumbel)`` samples
+``softmax(l / T)``, so q = ``softmax(l / T)[x0]`` at T > 0 (the logits after ``logits_eos_inf``, which
+shapes the draw; before ``confidence_eos_eot_inf``, which only ranks positions), and at T = 0 the
+softmax at T = 1, i.e. the low-confidence score itself. It is read from the logits of the step that
+commits the token (with ``cfg_scale``, the guided logits) and changes nothing the sampler draws.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.base import Block, DenoiseState, Sampler, token_probability
 
 
 def transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -128,12 +135,14 @@ class LLaDASampler(Sampler):
         # reference does, to share its stream (see DenoiseState.rand_canvas).
         noise = state.rand_canvas(logits.shape[-1], dtype=torch.float64, start=lo) if o.temperature > 0 else None
         x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, L - lo)
+        drop, kept = [], None
         if o.confidence_eos_eot_inf:
             # The reference's chained assignment `noisy[..., EOS] = logits[..., EoT] = -inf`: at
             # temperature 0 `noisy is logits`, so EOS and EoT both leave the softmax; at
             # temperature > 0 only EoT does.
             eot = state.model.facts.eot_id
             drop = ([] if eot is None else [eot]) + (eos if o.temperature == 0 else [])
+            kept = logits[:, :, drop].clone()  # (B, L - lo, |drop|): what x0 was drawn from, for q
             logits[:, :, drop] = -torch.inf
         if o.remasking == "low_confidence":
             p = F.softmax(logits, dim=-1)
@@ -152,3 +161,8 @@ class LLaDASampler(Sampler):
                 continue
             _, idx = torch.topk(confidence[row], k=k)
             x[row, idx] = candidates[row, idx]
+            chosen = logits[row, idx - lo]  # (k, V)
+            if kept is not None:  # q of the draw: the logits before the confidence edit
+                chosen = chosen.clone()
+                chosen[:, drop] = kept[row, idx - lo]
+            state.record_token_probs(row, idx, token_probability(chosen, x0[row, idx - lo], o.temperature))
