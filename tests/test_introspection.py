@@ -35,7 +35,7 @@ def batch(model, texts=TEXTS):
 def test_ar_on_a_causal_model_has_rate_one(shipped, kw):
     model = shipped["tiny-ar-instruct"]
     ids, mask = batch(model)
-    out = dlm.generate(model, ids, mask, sampler="ar", gen_length=16, return_dict=True, **kw)
+    out = dlm.generate(model, ids, mask, sampler="ar", gen_length=16, return_dict=True, output_token_probs=True, **kw)
     q = out.token_probs
     assert q.shape == out.generated.shape and q.dtype == torch.float32
     a = dlm.acceptance_rate(model, out, attention_mask=mask)
@@ -57,9 +57,9 @@ def test_ar_on_a_causal_model_has_rate_one(shipped, kw):
 def test_greedy_isd_on_a_causal_model_has_rate_one(shipped):
     model = shipped["tiny-ar-instruct"]
     ids, mask = batch(model)
-    ar = dlm.generate(model, ids, mask, sampler="ar", gen_length=16, return_dict=True)
+    ar = dlm.generate(model, ids, mask, sampler="ar", gen_length=16, return_dict=True, output_token_probs=True)
     for stride in (2, 4):
-        out = dlm.generate(model, ids, mask, sampler="isd", stride=stride, gen_length=16, return_dict=True)
+        out = dlm.generate(model, ids, mask, sampler="isd", stride=stride, gen_length=16, return_dict=True, output_token_probs=True)
         assert torch.equal(out.sequences, ar.sequences)  # recording q changes no token
         assert torch.allclose(torch.nan_to_num(out.token_probs), torch.nan_to_num(ar.token_probs), rtol=ROUNDING)
         a = dlm.acceptance_rate(model, out, attention_mask=mask)
@@ -70,7 +70,7 @@ def test_sampled_isd_rate_is_a_probability(causal_lm):  # noqa: F811
     ids, mask = left_pad(causal_lm, [[0, 4, 100, 200, 300, 6, 5], [0, 4, 999, 6, 5]])
     for mode in ("reference", "exact"):
         out = dlm.generate(causal_lm, ids, mask, sampler="isd", temperature=1.0, mode=mode, gen_length=12,
-                           stop_at_eos=False, seed=[3, 4], return_dict=True)
+                           stop_at_eos=False, seed=[3, 4], return_dict=True, output_token_probs=True)
         assert not torch.isnan(out.token_probs).any() and bool(((out.token_probs > 0) & (out.token_probs <= 1)).all())
         a = dlm.acceptance_rate(causal_lm, out, attention_mask=mask)
         assert all(0 < r <= 1 for r in a.rates) and a.tokens == [12, 12]
@@ -127,7 +127,7 @@ def test_bidirectional_p_is_the_masked_left_context(tiny_llada):
 def test_llada_q_is_the_commit_step_softmax(shipped, kw):
     model = shipped["tiny-a2d-instruct"]
     ids, mask = batch(model)
-    out = dlm.generate(model, ids, mask, sampler="llada", gen_length=16, steps=8, return_dict=True,
+    out = dlm.generate(model, ids, mask, sampler="llada", gen_length=16, steps=8, return_dict=True, output_token_probs=True,
                        output_history=True, **kw)
     q, P, T = out.token_probs, out.prompt_length, kw.get("temperature", 0.0)
     assert not torch.isnan(q).any()  # llada draws every position, the EOS fill included
@@ -153,7 +153,7 @@ def test_llada_tokens_equal_the_plain_loop(tiny_llada, kw):
     prompt = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(7)
     out = dlm.generate(tiny_llada, prompt, sampler="llada", gen_length=8, steps=8, block_length=4,
-                       return_dict=True, **kw)
+                       return_dict=True, output_token_probs=True, **kw)
     torch.manual_seed(7)
     want = naive_generate(tiny_llada, prompt, gen_length=8, steps=8, block_length=4, **kw)
     assert torch.equal(out.sequences, want) and not torch.isnan(out.token_probs).any()
@@ -164,11 +164,11 @@ def test_padded_batch_equals_rows(shipped):
         model = shipped[name]
         ids, mask = batch(model)
         assert mask is not None and bool((mask == 0).any())
-        out = dlm.generate(model, ids, mask, gen_length=16, seed=[0, 1], return_dict=True, **kw)
+        out = dlm.generate(model, ids, mask, gen_length=16, seed=[0, 1], return_dict=True, output_token_probs=True, **kw)
         a = dlm.acceptance_rate(model, out, attention_mask=mask, batch_size=5)
         for row, text in enumerate(TEXTS):
             alone_ids = torch.tensor([model.encode_prompt(text)])
-            alone = dlm.generate(model, alone_ids, gen_length=16, seed=[row], return_dict=True, **kw)
+            alone = dlm.generate(model, alone_ids, gen_length=16, seed=[row], return_dict=True, output_token_probs=True, **kw)
             assert torch.equal(alone.generated[0], out.generated[row]), name
             r = dlm.acceptance_rate(model, alone)
             assert r.tokens[0] == a.tokens[row] and r.rates[0] == pytest.approx(a.rates[row], abs=ROUNDING), name
@@ -177,13 +177,17 @@ def test_padded_batch_equals_rows(shipped):
 def test_invalid_input_is_refused(shipped):
     model = shipped["tiny-ar-instruct"]
     ids, mask = batch(model)
-    out = dlm.generate(model, ids, mask, gen_length=4, return_dict=True)
+    out = dlm.generate(model, ids, mask, gen_length=4, return_dict=True, output_token_probs=True)
     with pytest.raises(DLMError, match="GenerationOutput alone"):
         dlm.acceptance_rate(model, out, 3, out.token_probs)
     with pytest.raises(DLMError, match="token_probs must have shape"):
         dlm.acceptance_rate(model, out.sequences, out.prompt_length, out.token_probs[:, :2], mask)
     with pytest.raises(DLMError, match="attention_mask must have shape"):
         dlm.acceptance_rate(model, out, attention_mask=mask[:, 1:])
+    plain = dlm.generate(model, ids, mask, gen_length=4, return_dict=True)  # q is recorded only when asked for
+    assert plain.token_probs is None and torch.equal(plain.sequences, out.sequences)
+    with pytest.raises(DLMError, match="output_token_probs=True"):
+        dlm.acceptance_rate(model, plain)
     missing = out.token_probs.clone()
     missing[0, 0] = float("nan")
     with pytest.raises(DLMError, match="no q for generated position 0 of row 0"):

@@ -93,8 +93,8 @@ def acceptance_rate(model, sequences, prompt_length: int | None = None, token_pr
         if temperature is None:
             temperature = float(out.options.get("temperature", 0.0) or 0.0)
         if token_probs is None:
-            raise DLMError(f"sampler {out.sampler!r} recorded no token_probs (q of its tokens); the "
-                           "introspective acceptance rate needs them")
+            raise DLMError("this GenerationOutput has no token_probs (q of its tokens), which the introspective "
+                           "acceptance rate needs: generate with output_token_probs=True")
     if prompt_length is None or token_probs is None:
         raise DLMError("acceptance_rate needs prompt_length and token_probs (or a GenerationOutput)")
     temperature = 0.0 if temperature is None else float(temperature)

@@ -368,7 +368,7 @@ def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, 
         run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
     seeds = [example_seed(seed, ex.id) for ex in batch]  # one generator per row: batch-independent samples
     out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
-                                    **run_options)
+                                    output_token_probs=introspection, **run_options)
     G = out.generated.shape[1]
     extra: list[dict[str, Any]] = [{} for _ in batch]
     if introspection:

@@ -144,13 +144,13 @@ def prepare_sampler(model, sampler: str, options: dict) -> Sampler:
 
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, sampler: str | None = None, return_dict: bool = False,
-             output_history: bool = False, progress: bool = False, seed: int | list[int] | None = None,
-             **options):
+             output_history: bool = False, output_token_probs: bool = False, progress: bool = False,
+             seed: int | list[int] | None = None, **options):
     """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
 
     Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history,
-    stats, ``token_probs``: q of each generated token, see :func:`dlm.acceptance_rate`) with
-    ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
+    stats, and with ``output_token_probs=True`` ``token_probs``: q of each generated token, see
+    :func:`dlm.acceptance_rate`) with ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
     diffusion models. ``options`` are the sampler's; Hugging Face names are translated
     (``max_new_tokens`` -> ``gen_length``, ``do_sample=False`` -> ``temperature=0``) or refused.
 
@@ -189,7 +189,8 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
 
         bar = tqdm(total=smp.total_steps(), desc=f"dlm {sampler}", unit="step", file=sys.stderr, leave=False)
     state = DenoiseState(model, x, attention_mask, P, mask_id, cfg_scale=float(getattr(opts, "cfg_scale", 0.0)),
-                         generator=generator, keep_history=output_history, progress=bar)
+                         generator=generator, keep_history=output_history, progress=bar,
+                         keep_token_probs=output_token_probs)
     was_training = model.training
     model.eval()
     start = time.perf_counter()

@@ -67,9 +67,10 @@ class ARSampler(Sampler):
             if self.opts.temperature > 0:
                 noise = state.rand_rows(logits.shape[-1], dtype=torch.float64)  # (B, V)
             token = gumbel_argmax(logits, self.opts.temperature, noise)  # (B,)
-            drawn = (~done).nonzero()[:, 0]  # (b,) rows still decoding: their token is a draw
-            state.record_token_probs(drawn, P + i, token_probability(logits[drawn], token[drawn],
-                                                                      self.opts.temperature))
+            if state.keep_token_probs:
+                drawn = (~done).nonzero()[:, 0]  # (b,) rows still decoding: their token is a draw
+                state.record_token_probs(drawn, P + i, token_probability(logits[drawn], token[drawn],
+                                                                          self.opts.temperature))
             if self.opts.stop_at_eos and eos is not None:
                 token = torch.where(done, torch.full_like(token, eos), token)
                 done |= torch.isin(token, stops)

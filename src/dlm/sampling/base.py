@@ -110,7 +110,7 @@ class DenoiseState:
     def __init__(self, model, x: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int,
                  mask_id: int, cfg_scale: float = 0.0,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 keep_history: bool = False, progress=None):
+                 keep_history: bool = False, progress=None, keep_token_probs: bool = False):
         self.model = model
         self.x = x  # (B, L) canvas, L = P + G
         self.attention_mask = attention_mask  # (B, L) or None
@@ -124,7 +124,10 @@ class DenoiseState:
         self.prompt_index = x != mask_id  # (B, L): prompt and padding (what CFG masks out)
         self.nfe = 0
         self.stats: dict[str, Any] = {}  # what a sampler reports beyond NFE (GenerationOutput.stats)
-        self.token_probs: torch.Tensor | None = None  # (B, G) q of committed tokens (GenerationOutput.token_probs)
+        # (B, G) q of committed tokens (GenerationOutput.token_probs), recorded only when asked for:
+        # samplers check keep_token_probs before computing them, so a timed run pays nothing
+        self.keep_token_probs = keep_token_probs
+        self.token_probs: torch.Tensor | None = None
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
         self.progress = progress
 
@@ -155,6 +158,8 @@ class DenoiseState:
     def record_token_probs(self, rows, positions, probs) -> None:
         """Record q of tokens committed now: ``rows`` and absolute canvas ``positions`` (ints or index
         tensors of one shape) and their probability ``probs`` under the distribution they were drawn from."""
+        if not self.keep_token_probs:
+            return
         if self.token_probs is None:
             B, L = self.x.shape
             self.token_probs = torch.full((B, L - self.prompt_length), float("nan"), dtype=torch.float32,

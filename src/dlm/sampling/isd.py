@@ -102,6 +102,7 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 class ISDSampler(Sampler):
+    keep_probs = False  # set per run from DenoiseState.keep_token_probs
     name = "isd"
     Options = ISDOptions
     for_causal_models = True
@@ -149,6 +150,8 @@ class ISDSampler(Sampler):
 
     def prob(self, logits: torch.Tensor, token: int) -> float:
         """softmax(l / T)[token] of one slot's logits (V,) (T = 0: at T = 1), for token_probs."""
+        if not self.keep_probs:  # not asked for (output_token_probs=False): skip the softmax
+            return math.nan
         return float(token_probability(logits, torch.tensor(token, device=logits.device), self.opts.temperature))
 
     def round(self, logits: torch.Tensor, u: torch.Tensor | None, specs: list[int], q: torch.Tensor | None,
@@ -180,7 +183,9 @@ class ISDSampler(Sampler):
             return specs[:i] + [c], probs[:i] + [self.prob(logits[i], c)], i + 1, c, [], None, [], i
         clean = int(self.pick(logits[a:a + 1], None if greedy else u[K + 1:K + 2])[0])
         new, new_q = self.drafts(logits[a + 1:a + 1 + K], None if greedy else u[K + 2:])
-        new_spec_q = [] if greedy else token_probability(logits[a + 1:a + 1 + K], new, self.opts.temperature).tolist()
+        new_spec_q = [] if greedy else (
+            token_probability(logits[a + 1:a + 1 + K], new, self.opts.temperature).tolist() if self.keep_probs
+            else [math.nan] * len(new))
         return (specs + [clean], probs + [self.prob(logits[a], clean)], a + 1, clean, new.tolist(), new_q, new_spec_q,
                 a)
 
@@ -220,7 +225,8 @@ class ISDSampler(Sampler):
         last = state.check_finite(out.logits[:, -1].float())  # (B, V): the prompt's last logits
         t0 = self.pick(last, None if u is None else u[:, N])  # (B,)
         heads, specs, qs, spec_q = t0.tolist(), [[] for _ in range(B)], [None] * B, [[] for _ in range(B)]
-        t0_q = token_probability(last, t0, o.temperature).tolist()  # (B,)
+        self.keep_probs = state.keep_token_probs
+        t0_q = token_probability(last, t0, o.temperature).tolist() if self.keep_probs else [math.nan] * B  # (B,)
         for r in range(B):
             forwards[r] += 1
             emit(r, [heads[r]], [t0_q[r]])

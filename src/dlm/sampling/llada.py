@@ -162,6 +162,8 @@ class LLaDASampler(Sampler):
             _, idx = torch.topk(confidence[row], k=k)
             x[row, idx] = candidates[row, idx]
             chosen = logits[row, idx - lo]  # (k, V)
+            if not state.keep_token_probs:
+                continue
             if kept is not None:  # q of the draw: the logits before the confidence edit
                 chosen = chosen.clone()
                 chosen[:, drop] = kept[row, idx - lo]
