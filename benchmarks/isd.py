@@ -59,7 +59,7 @@ TASKS = ("summaries", "continuation")
 import dlm  # noqa: E402
 from dlm.errors import DLMError  # noqa: E402
 from dlm.eval.rouge import ROUGE_TYPES, rouge_per_sample  # noqa: E402
-from dlm.eval.runner import example_seed, hardware, model_identity  # noqa: E402
+from dlm.eval.runner import example_seed, hardware, model_identity, select_examples  # noqa: E402
 from dlm.eval.tasks import get_task  # noqa: E402
 from dlm.provenance import software_versions  # noqa: E402
 from dlm.sampling import prepare_sampler  # noqa: E402
@@ -108,15 +108,9 @@ def summaries_bench(model, others: list, data: str | None, limit: int, sample_se
     """The ``debian`` eval task's selection (``Task.select`` with its max_prompt_tokens filter)."""
     task = get_task("debian", data)
     gen_length = gen_length or task.gen_length
-    examples = task.load_for(model)
     max_prompt = task.opts.get("max_prompt_tokens") or 0
-    encoded: dict[str, list[int]] = {}
-
-    def fits(ex) -> bool:  # as dlm.eval.runner.run_eval
-        encoded[ex.id] = model.encode_prompt(ex.prompt)
-        return not max_prompt or len(encoded[ex.id]) <= max_prompt
-
-    selected, skipped = task.select(examples, limit, sample_seed, fits)
+    examples = task.load_for(model)
+    selected, skipped, encoded = select_examples(task, model, examples, limit, sample_seed)
     bench = Bench("summaries", f"Debian test pairs (the debian eval task, prompts <= {max_prompt} tokens), "
                   f"chat prompt, {gen_length} new tokens, ROUGE against the synopsis",
                   gen_length, [ex.id for ex in selected], [ex.reference for ex in selected],

@@ -185,6 +185,21 @@ def _sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
     return SamplerPlan(name, options, budgets, common, by_budget)
 
 
+def select_examples(task: Task, model, examples: list[Example], limit: int | None,
+                    sample_seed: int) -> tuple[list[Example], int, dict[str, list[int]]]:
+    """The examples ``dlm eval`` evaluates: ``task.select``'s seeded shuffle, passing over (and
+    counting) generation prompts longer than the task's ``max_prompt_tokens`` in ``model``'s
+    tokenizer. Returns (selected, skipped, {id: encoded prompt} for generation tasks)."""
+    prompts: dict[str, list[int]] = {}
+    max_prompt = task.opts.get("max_prompt_tokens") or 0
+
+    def fits(ex: Example) -> bool:
+        prompts[ex.id] = model.encode_prompt(ex.prompt)
+        return not max_prompt or len(prompts[ex.id]) <= max_prompt
+    selected, skipped = task.select(examples, limit, sample_seed, fits if task.kind == "generate" else None)
+    return selected, skipped, prompts
+
+
 def _baseline_plan(cfg: EvalConfig) -> SamplerPlan:
     from dlm.eval.baselines import parse_baseline
 
@@ -251,15 +266,7 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     if plan.lead_words is not None and examples and "source" not in examples[0].fields:
         raise DLMError(f"--baseline {cfg.baseline}: the {task.name!r} data at {task.data} gives ready prompts "
                        "without a source text to take the lead words from")
-    prompts: dict[str, list[int]] = {}
-    fits = None
-    if task.kind == "generate":
-        max_prompt = task.opts.get("max_prompt_tokens") or 0
-
-        def fits(ex: Example) -> bool:
-            prompts[ex.id] = model.encode_prompt(ex.prompt)
-            return not max_prompt or len(prompts[ex.id]) <= max_prompt
-    selected, skipped = task.select(examples, cfg.limit, cfg.sample_seed, fits)
+    selected, skipped, prompts = select_examples(task, model, examples, cfg.limit, cfg.sample_seed)
     if not selected:
         raise DLMError(f"task {task.name!r}: no examples to evaluate in {task.data}")
     if skipped:
