@@ -59,7 +59,8 @@ TASKS = ("summaries", "continuation")
 import dlm  # noqa: E402
 from dlm.errors import DLMError  # noqa: E402
 from dlm.eval.rouge import ROUGE_TYPES, rouge_per_sample  # noqa: E402
-from dlm.eval.runner import example_seed, hardware, model_identity, select_examples  # noqa: E402
+from dlm.eval.runner import hardware, model_identity, select_examples  # noqa: E402
+from dlm.eval.samples import example_seed  # noqa: E402
 from dlm.eval.tasks import get_task  # noqa: E402
 from dlm.provenance import software_versions  # noqa: E402
 from dlm.sampling import prepare_sampler  # noqa: E402

@@ -111,7 +111,7 @@ def test_sample_seed_selects_and_seed_samples(tmp_path):
 def test_sample_at_temperature_does_not_depend_on_the_batch(tmp_path):
     """Each example samples with its own seed (from --seed and its id): --batch-size changes nothing.
     (Needs dlm.generate(seed=[...]) per-row generators.)"""
-    from dlm.eval.runner import example_seed
+    from dlm.eval.samples import example_seed
 
     base = ["eval", "--model", MODEL, "--task", "debian", "--nfe", 4, "--limit", 3, "-o", "temperature=0.8", *SMALL]
     out = {}
@@ -130,7 +130,7 @@ def _run(tmp_path, fail_after: int | None, exc=KeyboardInterrupt):
     import dlm.eval.runner as runner
     from dlm.eval.tasks import get_task
 
-    real = runner._generate_batch
+    real = runner.generate_batch
     calls = []
 
     def flaky(*a, **k):
@@ -138,13 +138,13 @@ def _run(tmp_path, fail_after: int | None, exc=KeyboardInterrupt):
             raise exc()
         calls.append(1)
         return real(*a, **k)
-    runner._generate_batch = flaky
+    runner.generate_batch = flaky
     try:
         cfg = runner.EvalConfig(task=get_task("debian"), out_dir=tmp_path, budgets=[4], limit=4, batch_size=2,
                                 options={"gen_length": 8, "block_length": 8})
         return runner.run_eval(dlm.load(MODEL), cfg)
     finally:
-        runner._generate_batch = real
+        runner.generate_batch = real
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])

@@ -18,8 +18,6 @@ error, with a ``resume`` hint); a run killed outright stays ``running`` and the 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -31,19 +29,14 @@ from typing import Any
 import torch
 
 from dlm.errors import DLMError, first_line
-from dlm.eval.diagnostics import aggregate_diagnostics, sample_diagnostics
+from dlm.eval.diagnostics import aggregate_diagnostics
+from dlm.eval.plan import SamplerPlan, budget_options, sampler_plan
+from dlm.eval.samples import INTROSPECTION, SEED_SCHEME, check_introspection, generate_batch
 from dlm.eval.tasks.base import Example, Task
 
 # settings that may change between a run and its resumption
 RESUMABLE_CHANGES = ("budgets", "limit", "batch_size", "model_requested")
 RESUME_HINT = "rerun the same dlm eval command to continue (samples already written are kept)"
-SEED_SCHEME = "per example: int.from_bytes(sha256(f'{seed}:{id}')[:8]) % 2**31"
-# the definition --introspection scores (settings["introspection"]), see dlm.diffusion.introspection
-INTROSPECTION = ("acceptance_rate: mean over answer tokens (through the first stop token) of min(1, p/q); q recorded "
-                 "by the sampler, p re-scored causally (causal LMs: one causal pass; diffusion models: positions >= k "
-                 "masked), both softmax(l/T), T = 0 read at 1")
-
-
 @dataclass
 class EvalConfig:
     task: Task
@@ -62,16 +55,6 @@ class EvalConfig:
     introspection: bool = False  # add each sample's introspective acceptance rate (dlm.acceptance_rate)
     progress: bool = False
     overwrite: bool = False
-
-
-@dataclass
-class SamplerPlan:
-    sampler: str | None  # None for scoring tasks
-    options: dict[str, Any]  # model defaults + preset + user options, before the budget
-    budgets: list[int | None]
-    resolved: dict[str, Any]  # every validated option that is the same at every budget
-    by_budget: dict[Any, dict[str, Any]]  # per budget, the validated options that depend on it (e.g. steps)
-    lead_words: int | None = None  # a lead-N baseline answers with the first N source words; nothing is generated
 
 
 def hardware(model) -> dict[str, Any]:
@@ -115,76 +98,6 @@ def _is_base_entry(path: Path, name) -> bool:
     return isinstance(name, str) and name in BASES and path.name == BASES[name].entry
 
 
-def check_introspection(task: Task, baseline: str | None) -> None:
-    """--introspection re-scores a sampler's answers: refused for scoring tasks and baselines."""
-    if baseline is not None:
-        raise DLMError(f"--introspection re-scores a sampler's answers; --baseline {baseline} generates nothing")
-    if task.kind != "generate":
-        raise DLMError(f"--introspection applies to generation tasks; {task.name!r} scores the model itself")
-
-
-def example_seed(seed: int, example_id: str) -> int:
-    """The sampler seed of one example: a stable hash of (``--seed``, example id), below 2**31.
-
-    Each example draws its own noise, so its sample does not depend on its batch (``--batch-size``,
-    resuming) - only on ``--seed`` and its id.
-    """
-    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2**31
-
-
-def _sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
-    """The sampler, its options and budgets; every budget is validated before anything runs or is written."""
-    from dlm.sampling import default_sampler, model_generation_defaults, prepare_sampler, sampler_class
-    from dlm.sampling.aliases import resolve_aliases
-
-    task = cfg.task
-    if cfg.baseline is not None:
-        return _baseline_plan(cfg)
-    if task.kind == "score":
-        if cfg.sampler is not None:
-            raise DLMError(f"task {task.name!r} scores with the model's own forward passes; --sampler does not apply")
-        if cfg.options or cfg.preset != "default":
-            raise DLMError(f"task {task.name!r} takes no sampler options or presets")
-        budgets = list(cfg.budgets or task.budgets_for(model))
-        for nfe in budgets:
-            task.check_budget(model, nfe)
-        return SamplerPlan(None, {}, budgets, {}, {})
-    name = cfg.sampler or default_sampler(model)
-    cls = sampler_class(name)
-    if cfg.preset not in task.presets:
-        raise DLMError(f"task {task.name!r} has no preset {cfg.preset!r} (presets: {', '.join(task.presets)})")
-    preset = dict(task.presets[cfg.preset])
-    own = {f.name for f in dataclasses.fields(cls.Options)}
-    if cfg.preset == "default":  # the default preset applies where the sampler has the option
-        preset = {k: v for k, v in preset.items() if k in own}
-    user_options = resolve_aliases(cfg.options, own)  # -o max_new_tokens=N overrides the checkpoint's gen_length
-    options = {**model_generation_defaults(model, cls), **preset, **user_options}
-    if not cls.has_step_budget():
-        if cfg.budgets:
-            cls.options_for_nfe(cfg.budgets[0], options)  # raises the sampler's message
-        budgets: list[int | None] = [None]
-        budget_keys: set[str] = set()
-        resolved = {None: dataclasses.asdict(prepare_sampler(model, name, options).opts)}
-    else:
-        budgets = list(cfg.budgets or task.budgets_for(model))
-        budget_keys, resolved = set(), {}
-        for nfe in budgets:
-            if nfe < 1:
-                raise DLMError(f"NFE budgets must be >= 1, got {nfe}")
-            budget_options = cls.options_for_nfe(nfe, options)
-            clash = sorted(set(budget_options) & set(user_options))
-            if clash:
-                raise DLMError(f"--nfe sets {clash[0]}; leave out -o {clash[0]}=...")
-            budget_keys |= set(budget_options)
-            resolved[nfe] = dataclasses.asdict(prepare_sampler(model, name, {**options, **budget_options}).opts)
-    first = resolved[budgets[0]]
-    common = {k: v for k, v in first.items()
-              if k not in budget_keys and all(r[k] == v for r in resolved.values())}
-    by_budget = {b: {k: v for k, v in r.items() if k not in common} for b, r in resolved.items()}
-    return SamplerPlan(name, options, budgets, common, by_budget)
-
-
 def select_examples(task: Task, model, examples: list[Example], limit: int | None,
                     sample_seed: int) -> tuple[list[Example], int, dict[str, list[int]]]:
     """The examples ``dlm eval`` evaluates: ``task.select``'s seeded shuffle, passing over (and
@@ -198,20 +111,6 @@ def select_examples(task: Task, model, examples: list[Example], limit: int | Non
         return not max_prompt or len(prompts[ex.id]) <= max_prompt
     selected, skipped = task.select(examples, limit, sample_seed, fits if task.kind == "generate" else None)
     return selected, skipped, prompts
-
-
-def _baseline_plan(cfg: EvalConfig) -> SamplerPlan:
-    from dlm.eval.baselines import parse_baseline
-
-    words = parse_baseline(cfg.baseline)
-    if cfg.task.kind != "generate":
-        raise DLMError(f"--baseline applies to generation tasks; {cfg.task.name!r} scores the model itself")
-    given = [flag for flag, value in (("--sampler", cfg.sampler), ("--nfe", cfg.budgets), ("-o", cfg.options))
-             if value] + (["--preset"] if cfg.preset != "default" else [])
-    if given:
-        raise DLMError(f"--baseline {cfg.baseline} generates nothing, so {', '.join(given)} do(es) not apply")
-    name = f"lead-{words}"
-    return SamplerPlan(name, {"baseline": name}, [None], {}, {None: {}}, lead_words=words)
 
 
 def _read_samples(path: Path) -> list[dict[str, Any]]:
@@ -261,7 +160,7 @@ def run_eval(model, cfg: EvalConfig) -> dict[str, Any]:
     check_output_dir(cfg.out_dir)
     if cfg.introspection:
         check_introspection(task, cfg.baseline)
-    plan = _sampler_plan(model, cfg)
+    plan = sampler_plan(model, cfg)
     examples = task.load_for(model)
     if plan.lead_words is not None and examples and "source" not in examples[0].fields:
         raise DLMError(f"--baseline {cfg.baseline}: the {task.name!r} data at {task.data} gives ready prompts "
@@ -344,7 +243,7 @@ def _run_budget(model, cfg: EvalConfig, plan: SamplerPlan, budget: int | None, t
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start: start + cfg.batch_size]
             if task.kind == "generate":
-                records = _generate_batch(model, task, batch, prompts, plan, budget, cfg.seed,
+                records = generate_batch(model, task, batch, prompts, plan, budget, cfg.seed,
                                           introspection=cfg.introspection)
             else:
                 t0 = time.perf_counter()
@@ -363,59 +262,6 @@ def _run_budget(model, cfg: EvalConfig, plan: SamplerPlan, budget: int | None, t
             bar.close()
 
 
-def _generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], plan: SamplerPlan,
-                    budget: int | None, seed: int, introspection: bool = False) -> list[dict[str, Any]]:
-    from dlm.sampling import sampler_class
-    from dlm.sampling.batching import generate_answers, left_pad
-
-    if plan.lead_words is not None:
-        return _baseline_batch(model, task, batch, plan.lead_words)
-    run_options = dict(plan.options)
-    if budget is not None:
-        run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
-    seeds = [example_seed(seed, ex.id) for ex in batch]  # one generator per row: batch-independent samples
-    out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
-                                    output_token_probs=introspection, **run_options)
-    G = out.generated.shape[1]
-    extra: list[dict[str, Any]] = [{} for _ in batch]
-    if introspection:
-        from dlm.diffusion.introspection import acceptance_rate
-
-        t0 = time.perf_counter()
-        alpha = acceptance_rate(model, out, attention_mask=left_pad(model, [prompts[ex.id] for ex in batch])[1])
-        seconds = (time.perf_counter() - t0) / len(batch)
-        extra = [{"acceptance_rate": rate, "introspection_seconds": seconds} for rate in alpha.rates]
-    records = []
-    for ex, answer, ex_seed, more in zip(batch, answers, seeds, extra):
-        text = model.decode(answer).strip()
-        length_ref = ex.fields.get("length_reference", ex.reference)
-        ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
-        records.append({
-            "prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": ex_seed, "nfe": out.nfe,
-            "seconds": out.seconds / len(batch), "gen_length": G,
-            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens), **more,
-        })
-    return records
-
-
-def _baseline_batch(model, task: Task, batch: list[Example], words: int) -> list[dict[str, Any]]:
-    """Samples of the lead-N baseline: the first N words of each source, scored like a model's answer."""
-    from dlm.eval.baselines import lead
-
-    records = []
-    for ex in batch:
-        t0 = time.perf_counter()
-        text = lead(ex.fields["source"], words)
-        seconds = time.perf_counter() - t0
-        answer = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        length_ref = ex.fields.get("length_reference", ex.reference)
-        ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
-        records.append({"prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": None, "nfe": 0,
-                        "seconds": seconds, "gen_length": None,
-                        **task.score(text, ex), **sample_diagnostics(answer, text, False, ref_tokens)})
-    return records
-
-
 def _results(task: Task, by_budget: dict[Any, list[dict[str, Any]]], selected: list[Example],
              plan: SamplerPlan) -> list[dict[str, Any]]:
     """Metrics per budget over the selected examples - budgets of earlier runs included - with the
@@ -427,16 +273,9 @@ def _results(task: Task, by_budget: dict[Any, list[dict[str, Any]]], selected: l
         if rows:
             row: dict[str, Any] = {"budget": budget}
             if plan.sampler is not None:
-                row["sampler_options"] = plan.by_budget.get(budget) or _budget_options(plan, budget)
+                row["sampler_options"] = plan.by_budget.get(budget) or budget_options(plan, budget)
             out.append({**row, **aggregate(task, rows)})
     return out
-
-
-def _budget_options(plan: SamplerPlan, budget: int | None) -> dict[str, Any]:
-    """The budget-dependent options of a budget an earlier run evaluated (not among this run's budgets)."""
-    from dlm.sampling import sampler_class
-
-    return sampler_class(plan.sampler).options_for_nfe(budget, plan.options) if budget is not None else {}
 
 
 def aggregate(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""One batch of ``dlm eval`` samples: each example's seed, its generated (or baseline) answer,
+the task's scores, the diagnostics and, with ``--introspection``, the acceptance rate."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from dlm.errors import DLMError
+from dlm.eval.diagnostics import sample_diagnostics
+from dlm.eval.plan import SamplerPlan
+from dlm.eval.tasks.base import Example, Task
+
+SEED_SCHEME = "per example: int.from_bytes(sha256(f'{seed}:{id}')[:8]) % 2**31"
+# the definition --introspection scores (settings["introspection"]), see dlm.diffusion.introspection
+INTROSPECTION = ("acceptance_rate: mean over answer tokens (through the first stop token) of min(1, p/q); q recorded "
+                 "by the sampler, p re-scored causally (causal LMs: one causal pass; diffusion models: positions >= k "
+                 "masked), both softmax(l/T), T = 0 read at 1")
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """The sampler seed of one example: a stable hash of (``--seed``, example id), below 2**31.
+
+    Each example draws its own noise, so its sample does not depend on its batch (``--batch-size``,
+    resuming) - only on ``--seed`` and its id.
+    """
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**31
+
+
+def check_introspection(task: Task, baseline: str | None) -> None:
+    """--introspection re-scores a sampler's answers: refused for scoring tasks and baselines."""
+    if baseline is not None:
+        raise DLMError(f"--introspection re-scores a sampler's answers; --baseline {baseline} generates nothing")
+    if task.kind != "generate":
+        raise DLMError(f"--introspection applies to generation tasks; {task.name!r} scores the model itself")
+
+
+def generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, list[int]], plan: SamplerPlan,
+                    budget: int | None, seed: int, introspection: bool = False) -> list[dict[str, Any]]:
+    from dlm.sampling import sampler_class
+    from dlm.sampling.batching import generate_answers, left_pad
+
+    if plan.lead_words is not None:
+        return baseline_batch(model, task, batch, plan.lead_words)
+    run_options = dict(plan.options)
+    if budget is not None:
+        run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
+    seeds = [example_seed(seed, ex.id) for ex in batch]  # one generator per row: batch-independent samples
+    out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
+                                    output_token_probs=introspection, **run_options)
+    G = out.generated.shape[1]
+    extra: list[dict[str, Any]] = [{} for _ in batch]
+    if introspection:
+        from dlm.diffusion.introspection import acceptance_rate
+
+        t0 = time.perf_counter()
+        alpha = acceptance_rate(model, out, attention_mask=left_pad(model, [prompts[ex.id] for ex in batch])[1])
+        seconds = (time.perf_counter() - t0) / len(batch)
+        extra = [{"acceptance_rate": rate, "introspection_seconds": seconds} for rate in alpha.rates]
+    records = []
+    for ex, answer, ex_seed, more in zip(batch, answers, seeds, extra):
+        text = model.decode(answer).strip()
+        length_ref = ex.fields.get("length_reference", ex.reference)
+        ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
+        records.append({
+            "prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": ex_seed, "nfe": out.nfe,
+            "seconds": out.seconds / len(batch), "gen_length": G,
+            **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens), **more,
+        })
+    return records
+
+
+def baseline_batch(model, task: Task, batch: list[Example], words: int) -> list[dict[str, Any]]:
+    """Samples of the lead-N baseline: the first N words of each source, scored like a model's answer."""
+    from dlm.eval.baselines import lead
+
+    records = []
+    for ex in batch:
+        t0 = time.perf_counter()
+        text = lead(ex.fields["source"], words)
+        seconds = time.perf_counter() - t0
+        answer = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        length_ref = ex.fields.get("length_reference", ex.reference)
+        ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
+        records.append({"prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": None, "nfe": 0,
+                        "seconds": seconds, "gen_length": None,
+                        **task.score(text, ex), **sample_diagnostics(answer, text, False, ref_tokens)})
+    return records
