@@ -280,3 +280,52 @@ def test_weight_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatc
     monkeypatch.setenv("DLM_CACHE_DIR", str(blocker))
     f.write_bytes(b"c" * 10)
     assert provenance.cached_file_sha256(f) == real(f) and len(calls) == 3
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_adapter_on_adapter_chain_keeps_the_base_chat_template(tmp_path, data_dir, bases):
+    """The smol chain on tiny models: an a2d pretraining adapter on an instruct base with its own chat
+    template, then diffusion SFT with a LoRA on that adapter. Pretraining keeps the base's template,
+    SFT formats with it (not dlm's), and the second adapter loads through the first."""
+    import shutil
+
+    instruct = tmp_path / "instruct"
+    shutil.copytree(bases / "ar", instruct)
+    (instruct / "chat_template.jinja").write_text(CHATML)
+    assert dlm.load(instruct).tokenizer.chat_template == CHATML
+    Trainer(_cfg(tmp_path, data_dir, bases, "a2d", init=str(instruct), anneal_steps=2)).train()
+    a2d = dlm.load(tmp_path / "a2d")
+    assert a2d.tokenizer.chat_template == CHATML  # kept from the --init model
+    (tmp_path / "a2d" / "chat_template.jinja").unlink()  # as adapters pretrained before this fix shipped
+    sft = Trainer(_cfg(tmp_path, data_dir, bases, "sft", family="llama_causal_sft", init=str(tmp_path / "a2d"),
+                       objective="mdm"))
+    assert sft.tokenizer.chat_template == CHATML  # the base's, found through the adapter chain
+    sft.train()
+    model = dlm.load(tmp_path / "sft")
+    assert model.tokenizer.chat_template == CHATML and model.facts.mask_id == a2d.facts.mask_id
+    meta = json.loads((tmp_path / "sft" / "dlm_adapter.json").read_text())
+    assert meta["base"] == str(tmp_path / "a2d")
+    ids = torch.tensor([model.encode_prompt("hello")])
+    assert dlm.generate(model, ids, gen_length=8, steps=4).shape == (1, ids.shape[1] + 8)
+
+
+def test_sft_without_any_chat_template_and_foreign_vocabulary_is_refused(tmp_path, data_dir, bases):
+    from transformers import AutoTokenizer
+
+    from dlm.train.chat import sft_chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True)
+    tok.chat_template = None
+    template, note = sft_chat_template(tok, None)  # dlm's tokenizer has the role tokens
+    assert "<|assistant|>" in template and "dlm's template" in note
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"a": 0, "b": 1, "<unk>": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    foreign = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    with pytest.raises(DLMError, match="lacks"):
+        sft_chat_template(foreign, None)

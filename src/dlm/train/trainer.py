@@ -35,6 +35,7 @@ from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_
 from dlm.train.idlm import IDLMObjective, finish_config
 from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
+from dlm.train.chat import sft_chat_template
 from dlm.train.checkpointing import Checkpointing, rng_state
 from dlm.train.runs import plan_run
 
@@ -95,12 +96,12 @@ class Trainer(Checkpointing):
         self.tokenizer = self.model.tokenizer
         if self.tokenizer is None:
             raise DLMError("training needs a tokenizer saved with the model")
-        if cfg.task == "sft" and not getattr(self.tokenizer, "chat_template", None):
-            from dlm.models.default import CHAT_TEMPLATE
-
-            self.tokenizer.chat_template = CHAT_TEMPLATE
-            self._say("dlm train: the model's tokenizer has no chat template (a base model); SFT formats prompts "
-                      "with dlm's template and saves it with the model")
+        # a pretraining run keeps the template of the model it started from (none from scratch)
+        self.init_chat_template = getattr(self.tokenizer, "chat_template", None) if cfg.init is not None else None
+        if cfg.task == "sft":
+            self.tokenizer.chat_template, note = sft_chat_template(self.tokenizer, cfg.init)
+            if note:
+                self._say(note)
         self.facts = self.model.facts
         self.idlm = IDLMObjective(cfg, self.facts.mask_id) if cfg.objective == "idlm" else None
         self.train_data, self.val_data, self.data_stats = self._load_data()
@@ -366,9 +367,10 @@ class Trainer(Checkpointing):
         self.model.config["dlm_training"] = training
         if cfg.task == "sft":
             self.model.config["dlm_generation"] = {"gen_length": cfg.answer_length}
-        else:  # a pretrained (base) model was never trained on chat-formatted prompts
-            self.tokenizer.chat_template = None
-            (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
+        else:  # pretraining: no template from scratch, else the --init model's (dlm.train.chat)
+            self.tokenizer.chat_template = self.init_chat_template
+            if self.init_chat_template is None:
+                (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
         if self.idlm is not None:
             finish_config(self.model.config, cfg)
         self.model.path = None
