@@ -65,7 +65,7 @@ def shipped_models() -> list[str]:
 def default_path() -> Path:
     """The embedded default model: the instruction-tuned summariser (see docs/model-family.md)."""
     path = pretrained_dir() / DEFAULT_MODEL
-    if not (path / "config.json").exists():
+    if not ((path / "config.json").exists() or (path / "dlm_adapter.json").exists()):  # a model or an adapter
         raise CheckpointError(f"the shipped default model {DEFAULT_MODEL} is missing from {pretrained_dir()}; "
                               "reinstall dlm or pass a model directory")
     return path
