@@ -150,8 +150,8 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
 
     Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history,
     stats, and with ``output_token_probs=True`` ``token_probs``: q of each generated token, see
-    :func:`dlm.acceptance_rate`) with ``return_dict=True``. ``sampler=None`` picks ``"ar"`` for causal LMs and ``"llada"`` for
-    diffusion models. ``options`` are the sampler's; Hugging Face names are translated
+    :func:`dlm.acceptance_rate`) with ``return_dict=True``. ``sampler=None`` picks ``"isd"`` for introspective models,
+    ``"ar"`` for other causal LMs and ``"llada"`` for diffusion models. ``options`` are the sampler's; Hugging Face names are translated
     (``max_new_tokens`` -> ``gen_length``, ``do_sample=False`` -> ``temperature=0``) or refused.
 
     Random draws (temperature > 0, ``remasking="random"``) depend on ``seed``:

@@ -176,7 +176,6 @@ def idlm_loss(net, batch: dict[str, torch.Tensor], mask_id: int, stride: int, cl
     return IDLMLoss(l_mask + weight * l_clean, float(l_mask.detach()), float(l_clean.detach()), float(weight))
 
 
-# -- R-ISD: LoRA at mask slots only -----------------------------------------------------------------
 # -- the objective in a run -------------------------------------------------------------------------
 class IDLMObjective:
     """What ``dlm train`` needs: the loss at a step, the parts for the log, the saved config."""
