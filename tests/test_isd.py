@@ -165,7 +165,8 @@ def test_eos_mid_round_ends_the_row_and_counts_by_hand(causal_lm):  # noqa: F811
     assert out.nfe == 4 and ar.nfe == 6
     s = out.stats
     assert (s["tokens"], s["forwards"], s["cold_rounds"], s["verify_rounds"]) == ([6], [4], 1, 2)
-    assert (s["accepted"], s["proposed"], s["tokens_per_forward"]) == (4, 4, 1.5)
+    # drafts judged: g2 g3 (accepted), then g5 = EOS (accepted); g6, accepted but after EOS, is not counted
+    assert (s["accepted"], s["proposed"], s["tokens_per_forward"]) == (3, 3, 1.5)
     frames = out.history[:, 0, 3:]
     assert frames.shape[0] == 5 and [int((f != causal_lm.facts.mask_id).sum()) for f in frames] == [0, 1, 2, 5, 8]
 
@@ -188,7 +189,8 @@ def test_length_limit_mid_round_and_stop_at_eos_false(causal_lm):  # noqa: F811
         out = dlm.generate(causal_lm, torch.tensor([[0, 4, 5]]), sampler="isd", stride=3, gen_length=9,
                            stop_at_eos=False, return_dict=True)
     assert out.generated[0].tolist() == [13, 14, 15, 16, 17, EOS, 19, 20, 21]
-    assert out.nfe == 5 and out.stats["tokens_per_forward"] == 9 / 5 and out.stats["proposed"] == 6
+    # drafts judged: g2 g3, g5 g6, then g8 only (g9 lies past gen_length)
+    assert out.nfe == 5 and out.stats["tokens_per_forward"] == 9 / 5 and out.stats["proposed"] == 5
 
 
 def test_every_draft_rejected_is_one_token_per_forward(causal_lm):  # noqa: F811

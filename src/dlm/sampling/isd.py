@@ -202,8 +202,8 @@ class ISDSampler(Sampler):
         emitted, done, forwards = [0] * B, [False] * B, [0] * B
         stats = {"accepted": 0, "proposed": 0, "cold_rounds": 0, "verify_rounds": 0}
 
-        def emit(r: int, tokens: list[int], probs: list[float]) -> None:  # a stop token or G ends the row
-            for t, prob in zip(tokens, probs):
+        def emit(r: int, tokens: list[int], probs: list[float]) -> int:  # a stop token or G ends the row
+            for k, (t, prob) in enumerate(zip(tokens, probs)):
                 state.record_token_probs(r, P + emitted[r], prob)
                 x[r, P + emitted[r]] = t
                 emitted[r] += 1
@@ -211,7 +211,8 @@ class ISDSampler(Sampler):
                     done[r] = True
                     if t in stops:
                         x[r, P + emitted[r]:] = eos  # the rest of the round is dropped
-                    return
+                    return k + 1
+            return len(tokens)
 
         def noise() -> torch.Tensor | None:  # (B, 2N) uniforms, the same draws per forward for every row
             return state.rand_rows(2 * N, dtype=torch.float64) if o.temperature > 0 else None
@@ -253,11 +254,14 @@ class ISDSampler(Sampler):
             for i, r in enumerate(rows):
                 forwards[r] += 1
                 stats["verify_rounds" if specs[r] else "cold_rounds"] += 1
-                stats["proposed"] += len(specs[r])
+                proposed = len(specs[r])
                 tokens, probs, commit, heads[r], specs[r], qs[r], spec_q[r], accepted = self.round(
                     logits[i], None if u is None else u[r], specs[r], qs[r], spec_q[r])
+                kept = emit(r, tokens, probs)
+                if done[r]:  # the row ended this round: drafts past its stop token or gen_length were never used
+                    proposed, accepted = min(proposed, kept), min(accepted, kept)
+                stats["proposed"] += proposed
                 stats["accepted"] += accepted
-                emit(r, tokens, probs)
                 commits.append(commit)
             state.record()
             keep = [not done[r] for r in rows]
