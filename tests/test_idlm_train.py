@@ -324,6 +324,8 @@ def test_lora_mask_slots_only_run(tmp_path, data_dir, ar_dir):
     assert torch.equal(got[0, :6], ref[0, :6]) and not torch.allclose(got[0, 6:], ref[0, 6:])
     prompt = ids[:, :5]
     out = dlm.generate(risd, prompt, sampler="isd", gen_length=12, stride=4, stop_at_eos=False)
+    with pytest.raises(DLMError, match="acts only at its mask token"):
+        dlm.generate(risd, prompt, sampler="isd", gen_length=12, mask_id=MASK + 1)
     assert torch.equal(out, dlm.generate(base, prompt, sampler="ar", gen_length=12, stop_at_eos=False))
 
 

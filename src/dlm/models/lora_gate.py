@@ -67,4 +67,5 @@ def gate_by_mask_token(net, mask_id: int) -> LoraGate:
         return None
 
     gate.handles.append(net.register_forward_pre_hook(set_gate, with_kwargs=True))
+    net.dlm_gate_mask_id = mask_id  # samplers check their draft token against it
     return gate

@@ -122,6 +122,10 @@ class ISDSampler(Sampler):
         if o.mode not in MODES:
             raise DLMError(f"mode must be one of {', '.join(MODES)}, got {o.mode!r}")
         o.mask_id = model.facts.resolve_mask_id(o.mask_id)  # no mask token: one clear error
+        gated = getattr(model.net, "dlm_gate_mask_id", None)  # an R-ISD adapter acts where the input is its mask
+        if gated is not None and o.mask_id != gated:
+            raise DLMError(f"this model's LoRA adapter acts only at its mask token {gated} (R-ISD); mask_id={o.mask_id} "
+                           "would leave the draft slots without it")
 
     # -- distributions (T > 0) ------------------------------------------------------------------
     def sample_probs(self, logits: torch.Tensor) -> torch.Tensor:
