@@ -96,7 +96,7 @@ def test_info_of_an_uncached_hub_id_is_one_line(capsys, tmp_path, monkeypatch):
     assert err.count("\n") == 1
 
 
-SMOL = ["smol-ar-instruct"]  # LoRA adapters on the packaged base smollm2-135m-instruct
+SMOL = ["smol-ar-instruct", "smol-a2d"]  # LoRA adapters on the packaged base smollm2-135m-instruct
 
 
 def test_smol_adapters_ship_small_and_load_offline():
@@ -118,3 +118,7 @@ def test_smol_adapters_ship_small_and_load_offline():
                                              "YAML documents."))
     out = dlm.generate(model, torch.tensor([ids]), gen_length=16)
     assert model.decode(answer_ids(model, out[0, len(ids):].tolist())).strip()
+    a2d = dlm.load("smol-a2d")  # the base adapted to masked diffusion: full attention, shift, mask token 16
+    assert not a2d.facts.causal and a2d.facts.shifted and a2d.facts.mask_id == 16
+    text = torch.tensor([a2d.tokenizer("Debian is a free operating system.")["input_ids"]])
+    assert dlm.generate(a2d, text, gen_length=8, steps=8).shape == (1, text.shape[1] + 8)
