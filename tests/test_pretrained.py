@@ -96,7 +96,7 @@ def test_info_of_an_uncached_hub_id_is_one_line(capsys, tmp_path, monkeypatch):
     assert err.count("\n") == 1
 
 
-SMOL = ["smol-ar-instruct", "smol-a2d"]  # LoRA adapters on the packaged base smollm2-135m-instruct
+SMOL = ["smol-ar-instruct", "smol-a2d", "smol-idlm"]  # LoRA adapters on the packaged base smollm2-135m-instruct
 
 
 def test_smol_adapters_ship_small_and_load_offline():
@@ -118,6 +118,11 @@ def test_smol_adapters_ship_small_and_load_offline():
                                              "YAML documents."))
     out = dlm.generate(model, torch.tensor([ids]), gen_length=16)
     assert model.decode(answer_ids(model, out[0, len(ids):].tolist())).strip()
+    idlm = dlm.load("smol-idlm")  # introspective: decoded by isd, whose greedy output is its own AR output
+    assert idlm.facts.introspective and idlm.config["dlm_generation"]["stride"] == 4
+    prompt = torch.tensor([idlm.encode_prompt(summary_prompt("GNU grep searches files for lines matching a pattern."))])
+    isd = dlm.generate(idlm, prompt, gen_length=12, return_dict=True)
+    assert isd.sampler == "isd" and torch.equal(isd.sequences, dlm.generate(idlm, prompt, sampler="ar", gen_length=12))
     a2d = dlm.load("smol-a2d")  # the base adapted to masked diffusion: full attention, shift, mask token 16
     assert not a2d.facts.causal and a2d.facts.shifted and a2d.facts.mask_id == 16
     text = torch.tensor([a2d.tokenizer("Debian is a free operating system.")["input_ids"]])
