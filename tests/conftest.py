@@ -71,3 +71,19 @@ def debian_subset(out: Path, n_train: int, n_val: int) -> Path:
         with lzma.open(out / f"{name}.jsonl.xz", "wt") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
     return out
+
+
+@pytest.fixture
+def tokenised_cache(tmp_path_factory, monkeypatch):
+    """One tokenised-data cache for the test session, never the user's (training test modules use it
+    with ``pytestmark = pytest.mark.usefixtures("tokenised_cache")``); returns its folder."""
+    path = tmp_path_factory.getbasetemp() / "dlm-cache"
+    monkeypatch.setenv("DLM_CACHE_DIR", str(path))
+    return path / "tokenized"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """200 train / 40 validation pairs taken from the shipped validation split (modules may override)."""
+    return debian_subset(tmp_path_factory.mktemp("data"), 200, 40)
+

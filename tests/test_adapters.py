@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import dlm
-from conftest import debian_subset
 from dlm.errors import CheckpointError, DLMError
 from dlm.models.loading import save_pretrained
 from dlm.train.build import ModelSize, new_model, training_memory
@@ -21,16 +20,7 @@ TOKENIZER = ROOT / "data" / "tokenizer"
 TINY = ModelSize(d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, max_positions=256)
 
 
-@pytest.fixture(autouse=True)
-def tokenised_cache(tmp_path_factory, monkeypatch):
-    """Tests share one tokenised-data cache of their own, never the user's."""
-    monkeypatch.setenv("DLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dlm-cache"))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """200 train / 40 validation pairs taken from the shipped validation split."""
-    return debian_subset(tmp_path_factory.mktemp("data"), 200, 40)
+pytestmark = pytest.mark.usefixtures("tokenised_cache")  # the shared test cache (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 import dlm
-from conftest import debian_subset
 from dlm.errors import DLMError
 from dlm.models.adapters import quiet_peft
 from dlm.models.loading import save_pretrained
@@ -32,16 +31,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True)
 
 
-@pytest.fixture(autouse=True)
-def tokenised_cache(tmp_path_factory, monkeypatch):
-    """Tests share one tokenised-data cache of their own, never the user's."""
-    monkeypatch.setenv("DLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dlm-cache"))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """200 train / 40 validation pairs taken from the shipped validation split."""
-    return debian_subset(tmp_path_factory.mktemp("data"), 200, 40)
+pytestmark = pytest.mark.usefixtures("tokenised_cache")  # the shared test cache (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(TOKENIZER), local_files_only=True)
 
 
-@pytest.fixture(autouse=True)
-def tokenised_cache(tmp_path_factory, monkeypatch):
-    """Tests share one tokenised-data cache of their own, never the user's."""
-    path = tmp_path_factory.getbasetemp() / "dlm-cache"
-    monkeypatch.setenv("DLM_CACHE_DIR", str(path))
-    return path / "tokenized"
+pytestmark = pytest.mark.usefixtures("tokenised_cache")  # the shared test cache (conftest)
 
 
 @pytest.fixture(scope="module")
