@@ -73,9 +73,12 @@ def main() -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     rows = [r for f in module_files(stdlib) for r in pairs(f, stdlib)]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    (out / "test.jsonl").write_text(text)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "test.jsonl").write_text(text)
+    except OSError as e:
+        ap.error(f"--out {out}: cannot write there ({e.strerror or e})")
     manifest = {"source": f"module docstrings of the Python {sys.version.split()[0]} standard library ({stdlib})",
                 "built_by": "scripts/build_techdocs.py", "pairs": len(rows),
                 "sha256": hashlib.sha256(text.encode()).hexdigest()}
