@@ -20,10 +20,10 @@ def run(capsys, *argv):
 
 
 def test_generate_default_model_json(capsys):
-    code, out, err = run(capsys, "generate", "--prompt", "Hello", "--steps", "4", "--gen-length", "8", "--json")
+    code, out, err = run(capsys, "generate", "--prompt", "Hello", "--gen-length", "8", "--json")
     assert code == 0, err
-    rec = json.loads(out)
-    assert rec["model"] == "default" and rec["nfe"] == 4 and rec["sampler"] == "llada"
+    rec = json.loads(out)  # the default (smol-idlm) decodes with isd: at most one forward per token, prefill included
+    assert rec["model"] == "default" and 1 <= rec["nfe"] <= 9 and rec["sampler"] == "isd"
     assert rec["options"]["gen_length"] == 8 and rec["seed"] == 0 and rec["seconds"] >= 0
     assert rec["versions"]["torch"] and rec["device"] == "cpu" and rec["dtype"] == "torch.float32"
     (r,) = rec["results"]
@@ -52,9 +52,11 @@ def test_text_prompt_without_tokenizer_is_a_clear_error(capsys, tiny_llada_dir):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "--prompt", "x", "--gen-length", "10", "--block-length", "3"], "multiple of block_length"),
+    (["generate", "--model", "tiny-a2d-instruct", "--prompt", "x", "--gen-length", "10", "--block-length", "3"],
+     "multiple of block_length"),
+    (["generate", "--prompt", "x", "--block-length", "4"], "sampler 'isd' has no option 'block_length'"),  # the default
     (["generate", "--prompt", "x", "--model", "/does/not/exist"], "does not exist"),
-    (["generate", "--prompt", "x", "-o", "bogus=1"], "has no option 'bogus'"),
+    (["generate", "--model", "tiny-a2d-instruct", "--prompt", "x", "-o", "bogus=1"], "has no option 'bogus'"),
     (["generate", "--prompt-ids", "1,x"], "must be integers"),
     (["generate", "--prompt", "x", "--dtype", "int3"], "unknown dtype"),
     (["info", "/does/not/exist"], "does not exist"),
@@ -82,7 +84,7 @@ def test_console_script_entry_point():
     assert script.exists(), "the dlm console script is not installed next to the interpreter"
     proc = subprocess.run([str(script), "generate", "--prompt", "hi", "--gen-length", "0"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "gen_length must be positive" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "gen_length must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def one_line_error(code, err, *fragments):

@@ -1,7 +1,6 @@
 """The shipped model family: loadable by name, described by cards, trained as documented."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -50,17 +49,15 @@ def test_the_control_matches_size_and_tokens():
 
 
 def test_default_model_summarises_a_held_out_description():
-    start = time.perf_counter()
     model = dlm.load()
-    load_seconds = time.perf_counter() - start
-    assert model.path.endswith(DEFAULT_MODEL) and load_seconds < 5
+    assert model.path.endswith(DEFAULT_MODEL) and model.facts.introspective
     description = ("This package provides a command-line tool to convert images between many formats, "
                    "resize and crop them, and apply filters in batch.")
     ids = torch.tensor([model.encode_prompt(summary_prompt(description))])
     out = dlm.generate(model, ids, return_dict=True)
-    assert out.options["gen_length"] == 32 and out.nfe == 32
+    assert out.sampler == "isd" and out.options["gen_length"] == 32 and out.nfe <= 33
     text = model.decode(answer_ids(model, out.generated[0].tolist())).strip()
-    assert 1 <= len(text.split()) <= 25 and "\n" not in text
+    assert 1 <= len(text.split()) <= 25 and "\n" not in text and "image" in text.lower()
 
 
 def test_configs_record_the_trained_sequence_length():

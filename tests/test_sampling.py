@@ -113,7 +113,7 @@ def test_eos_suppression(tiny_llada):
 @pytest.mark.parametrize("kw, message", [
     (dict(gen_length=10, block_length=3), "multiple of block_length"),
     (dict(gen_length=16, block_length=4, steps=6), "multiple of the number of blocks"),
-    (dict(gen_length=0), "gen_length must be positive"),
+    (dict(gen_length=0), "gen_length must be >= 1"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
     (dict(remasking="entropy"), "remasking must be"),
     (dict(cfg_scale=-0.5), "cfg_scale"),

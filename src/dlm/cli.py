@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dlm.cli_options import sampler_option_values, with_flag_options
 from dlm.errors import DLMError, first_line
+from dlm.models.default import DEFAULT_MODEL
 from dlm.prompt_input import parse_ids, read_prompts
 from dlm.sampling.batching import generate_answers
 
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for models without a tokenizer. --jsonl prints one JSON object per prompt; --json "
                               "one record for the whole run.")
     g.add_argument("--model", default=None, help="checkpoint directory or shipped model name (default: the embedded default, "
-                   "tiny-a2d-instruct)")
+                   f"{DEFAULT_MODEL})")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="prompt text, '-' reads stdin (repeat for a batch)")
     src.add_argument("--prompt-ids", action="append", help="prompt token ids, e.g. '1,2,3' (repeat for a batch)")
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a checkpoint (facts, lengths, dtypes, generation defaults)")
     i.add_argument("model", nargs="?", default=None,
                    help="checkpoint directory, shipped model name (e.g. tiny-ar) or a hub id in the local "
-                        "Hugging Face cache (default: the embedded default, tiny-a2d-instruct)")
+                        f"Hugging Face cache (default: the embedded default, {DEFAULT_MODEL})")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
 

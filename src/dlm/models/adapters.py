@@ -144,7 +144,7 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
     a merge cannot express: it is kept apart and gated (``merge=True`` is refused)."""
     from peft import PeftModel
 
-    from dlm.models.loading import _load_tokenizer, load
+    from dlm.models.loading import _TOKENIZER_FILES, _load_tokenizer, load_parsed
     from dlm.models.locate import resolve_model_path
 
     meta = read_adapter_meta(path)
@@ -163,7 +163,8 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
         raise CheckpointError(f"{path / ADAPTER_FILE}: its base model {meta['base']} is not found ({base_dir} does not "
                               "exist); put the base back there or edit 'base' to where it is now")
     check_digests(meta["base_sha256"], base_dir, f"the adapter {path}")
-    base = load(base_dir, device=device, dtype=dtype)
+    own_tokenizer = any((path / f).exists() for f in _TOKENIZER_FILES)
+    base = load_parsed(base_dir, device, dtype, tokenizer=not own_tokenizer)
     try:
         with quiet_peft():
             # low_cpu_mem_usage: the LoRA layers are created empty (no random init) and filled from the file
@@ -175,7 +176,7 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
     cfg = {**base.config, **meta["config"]}
     for key in meta["config_removed"]:
         cfg.pop(key, None)
-    tokenizer = _load_tokenizer(path) or base.tokenizer
+    tokenizer = _load_tokenizer(path) if own_tokenizer else base.tokenizer
     facts = resolve_facts(cfg["model_type"], cfg, base.facts.vocab_size, tokenizer, source=str(path / ADAPTER_FILE))
     if gated:
         from dlm.models.lora_gate import gate_by_mask_token

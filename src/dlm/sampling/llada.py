@@ -86,7 +86,7 @@ class LLaDASampler(Sampler):
     def validate(self, model) -> None:
         o = self.opts
         if o.gen_length <= 0:
-            raise DLMError(f"gen_length must be positive, got {o.gen_length}")
+            raise DLMError(f"gen_length must be >= 1, got {o.gen_length}")
         if o.block_length <= 0 or o.gen_length % o.block_length != 0:
             raise DLMError(f"gen_length ({o.gen_length}) must be a positive multiple of block_length ({o.block_length})")
         num_blocks = o.gen_length // o.block_length
