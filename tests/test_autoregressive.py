@@ -1,5 +1,6 @@
 """The ``ar`` sampler for causal LMs, sampler choice by model kind and checkpoint generation defaults."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,19 @@ def test_generation_emits_no_deprecation_warnings(causal_lm):
         transformers.logging.set_verbosity(verbosity)
     assert [str(w.message) for w in caught] == []
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+
+
+def test_rows_report_the_passes_they_needed(causal_lm):
+    """stats["forwards"]: a row that stops early rode along in later passes but needed only its own."""
+    prompt = torch.tensor([[0, 4, 100, 6, 5], [0, 4, 200, 6, 5]])
+    free = dlm.generate(causal_lm, prompt, gen_length=6, stop_at_eos=False, return_dict=True)
+    stop = int(free.generated[0, 2])  # row 0's third token becomes a stop token; row 1 must not emit it
+    assert stop not in free.generated[1].tolist()
+    facts = causal_lm.facts
+    causal_lm.facts = dataclasses.replace(facts, eos_ids=(*facts.eos_ids, stop))
+    try:
+        out = dlm.generate(causal_lm, prompt, gen_length=6, return_dict=True)
+    finally:
+        causal_lm.facts = facts
+    assert out.nfe == 6 and out.stats["forwards"] == [3, 6]
+    assert torch.equal(out.generated[1], free.generated[1])

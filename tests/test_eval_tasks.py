@@ -258,6 +258,10 @@ def test_ar_model_eval_has_no_budget(tmp_path, capsys):
     s = json.loads(next(out.glob("*.summary.json")).read_text())
     assert s["settings"]["sampler"] == "ar" and s["results"][0]["budget"] is None
     assert 1 <= s["results"][0]["mean_nfe"] <= 32
+    rows = read_jsonl(next(out.glob("*.samples.jsonl")))  # one batch of 3: nfe is the batch's, forwards the row's
+    assert len({r["nfe"] for r in rows}) == 1 and all(r["answer_tokens"] <= r["forwards"] <= r["nfe"] for r in rows)
+    assert s["results"][0]["tokens_per_pass"] == pytest.approx(sum(r["answer_tokens"] for r in rows)
+                                                               / sum(r["forwards"] for r in rows))
     assert run_cli("eval", "--model", "tiny-ar-instruct", "--task", "debian", "--nfe", "8", "--out", out) == 2
     assert "no step budget" in capsys.readouterr().err
 

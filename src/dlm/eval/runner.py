@@ -290,6 +290,8 @@ def aggregate(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out.update(aggregate_diagnostics(rows))
         tokens = sum(r["answer_tokens"] for r in rows)
         out["tokens_per_second"] = tokens / seconds if seconds > 0 else None
-        passes = sum(r["nfe"] for r in rows)
+        # per row: the passes it took part in (ar / isd stop rows early); samples written before dlm
+        # recorded them fall back to the batch's NFE
+        passes = sum(r.get("forwards", r["nfe"]) for r in rows)
         out["tokens_per_pass"] = tokens / passes if passes else None  # None: a baseline, nothing generated
     return out

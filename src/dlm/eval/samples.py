@@ -60,13 +60,15 @@ def generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, l
         seconds = (time.perf_counter() - t0) / len(batch)
         extra = [{"acceptance_rate": rate, "introspection_seconds": seconds} for rate in alpha.rates]
     records = []
-    for ex, answer, ex_seed, more in zip(batch, answers, seeds, extra):
+    # passes each row needed (ar, isd: a row that stopped leaves or idles; diffusion samplers: every row takes all)
+    row_forwards = out.stats.get("forwards") or [out.nfe] * len(batch)
+    for ex, answer, ex_seed, more, forwards in zip(batch, answers, seeds, extra, row_forwards):
         text = model.decode(answer).strip()
         length_ref = ex.fields.get("length_reference", ex.reference)
         ref_tokens = len(model.tokenizer(length_ref, add_special_tokens=False)["input_ids"]) if length_ref else None
         records.append({
             "prompt": ex.prompt, "reference": ex.reference, "output": text, "seed": ex_seed, "nfe": out.nfe,
-            "seconds": out.seconds / len(batch), "gen_length": G,
+            "forwards": forwards, "seconds": out.seconds / len(batch), "gen_length": G,
             **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens), **more,
         })
     return records

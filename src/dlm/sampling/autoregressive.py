@@ -4,7 +4,9 @@ It runs on the same canvas as the diffusion samplers - ``[prompt | mask * gen_le
 left to right - so NFE, per-step history and padded batches mean the same thing: NFE is the
 number of forward passes (one per generated token; the prompt is prefilled in the first pass)
 and each history frame is the canvas after one more token. Rows that emitted a stop token are
-filled with EOS; when every row has stopped the loop ends early.
+filled with EOS; when every row has stopped the loop ends early. ``state.stats["forwards"]`` (per
+row) counts the passes a row needed: up to the one that produced its stop token (or gen_length) -
+a stopped row still rides along in the batch's later passes, which NFE counts and it does not.
 
 q of each drawn token (``GenerationOutput.token_probs``) is ``softmax(l / T)[token]``, the
 distribution the Gumbel-max draw samples; at T = 0 (the argmax, a point mass) it is the softmax at
@@ -57,11 +59,13 @@ class ARSampler(Sampler):
         stops = torch.tensor(facts.stop_ids or (-1,), device=state.x.device)
         eos = facts.eos_ids[0] if facts.eos_ids else None
         done = torch.zeros(B, dtype=torch.bool, device=state.x.device)
+        forwards = torch.zeros(B, dtype=torch.long)  # (B,) passes each row needed (its stop token's included)
         cache = kv_cache_kwargs(net)  # {"cache": DynamicCache}: filled in place by every forward
         out = net(input_ids=state.x[:, :P], attention_mask=am[:, :P], position_ids=positions[:, :P], use_cache=True,
                   **cache)
         for i in range(G):
             state.nfe += 1
+            forwards += (~done).long().cpu()
             logits = state.check_finite(out.logits[:, -1].float())  # (B, V)
             noise = None
             if self.opts.temperature > 0:
@@ -76,6 +80,7 @@ class ARSampler(Sampler):
                 done |= torch.isin(token, stops)
             state.x[:, P + i] = token
             state.record()
+            state.stats["forwards"] = forwards.tolist()
             if i == G - 1:
                 break
             if self.opts.stop_at_eos and eos is not None and bool(done.all()):
