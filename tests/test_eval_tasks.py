@@ -286,6 +286,26 @@ def test_report_writes_curves_and_table(tmp_path):
     assert run_cli("report", tmp_path / "rep") == 2  # no summaries there
 
 
+def test_report_common_scores_runs_on_shared_examples(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert run_cli("eval", "--model", MODEL, "--task", "debian", "--nfe", "4", "--limit", 2, "--out", out, *SMALL) == 0
+    assert run_cli("eval", "--model", "tiny-ar-instruct", "--task", "debian", "--limit", 5, "--out", out,
+                   "-o", "gen_length=8") == 0
+    ar = read_jsonl(next(out.glob("tiny-ar-instruct*.samples.jsonl")))
+    assert run_cli("report", out, "--out", tmp_path / "all") == 0
+    assert "| tiny-ar-instruct / ar | - | 5 |" in (tmp_path / "all" / "report.md").read_text()
+    assert run_cli("report", out, "--out", tmp_path / "rep", "--common") == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "on the 2 examples that all 2 runs scored" in md and "| tiny-a2d-instruct / llada | 4 | 2 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| tiny-ar-instruct / ar | - | 2 |"))
+    ids = {r["id"] for r in read_jsonl(next(out.glob(f"{MODEL}*.samples.jsonl")))}  # --limit 2: a prefix of 5
+    shared = [r for r in ar if r["id"] in ids]
+    assert len(shared) == 2 and row.split(" | ")[3] == f"{sum(r['rouge1'] for r in shared) / 2:.2f}"
+    next(out.glob("tiny-ar-instruct*.samples.jsonl")).unlink()
+    assert run_cli("report", out, "--out", tmp_path / "x", "--common") == 2
+    assert "samples file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("suffix", [".html", ".gif"])
 def test_trace(tmp_path, suffix):
     out = tmp_path / f"trace{suffix}"

@@ -113,7 +113,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from dlm.eval.report import write_report
 
-    files = write_report(Path(args.results), Path(args.out) if args.out else None)
+    files = write_report(Path(args.results), Path(args.out) if args.out else None, common=args.common)
     for f in files:
         print(f)
     return 0
@@ -195,6 +195,9 @@ def add_parser(sub) -> None:
                                    "quality-vs-seconds curves (PNG) per task, plus report.md.")
     r.add_argument("results", help="directory with dlm eval results")
     r.add_argument("--out", default=None, help="where to write the report (default: RESULTS)")
+    r.add_argument("--common", action="store_true",
+                   help="score every run of a task on the examples all its runs scored (from the samples files), "
+                        "so runs over different --limit or selections compare on the same examples")
     r.set_defaults(func=cmd_report)
 
     tr = sub.add_parser("trace", help="render a denoising trajectory as HTML or an animated GIF",

@@ -135,8 +135,10 @@ def seeds(settings: dict[str, Any]) -> str:
     return f" (examples: sample seed {settings['sample_seed']})" if "sample_seed" in settings else ""
 
 
-def write_report(results: Path, out: Path | None = None) -> list[Path]:
-    """Write ``{task}.png`` per task and ``report.md`` into ``out`` (default ``results``)."""
+def write_report(results: Path, out: Path | None = None, common: bool = False) -> list[Path]:
+    """Write ``{task}.png`` per task and ``report.md`` into ``out`` (default ``results``); with
+    ``common`` every run of a task is scored on the examples all of them scored
+    (:mod:`dlm.eval.common`)."""
     from dlm.outputs import check_output_dir
 
     summaries = load_summaries(results)
@@ -147,6 +149,12 @@ def write_report(results: Path, out: Path | None = None) -> list[Path]:
         by_task.setdefault(summary["settings"]["task"], []).append(summary)
     written, sections = [], ["# dlm eval report", "", f"From `{results}`: {sum(map(len, by_task.values()))} runs.", ""]
     for task, runs in sorted(by_task.items()):
+        if common:
+            from dlm.eval.common import restrict_to_common
+
+            runs, n = restrict_to_common(runs)
+            sections += [f"Task {task}: every run scored on the {n} examples that all {len(runs)} runs scored "
+                         "(`--common`).", ""]
         png = out / f"{task}.png"
         plot_task(task, runs, png)
         written.append(png)
