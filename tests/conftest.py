@@ -13,9 +13,13 @@ from dlm.models.default import byte_tokenizer, tiny_llada_config
 from dlm.models.diffusion_lm import DiffusionLM
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.registry import resolve_facts
+from dlm.train.build import ModelSize
+from dlm.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TOKENIZER = ROOT / "data" / "tokenizer"
+TINY = ModelSize(d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, max_positions=256)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 torch.set_num_threads(1)  # tiny models: threads only add contention
@@ -87,3 +91,38 @@ def data_dir(tmp_path_factory):
     """200 train / 40 validation pairs taken from the shipped validation split (modules may override)."""
     return debian_subset(tmp_path_factory.mktemp("data"), 200, 40)
 
+
+# -- dlm train runs (tests/test_train*.py) ---------------------------------------------------------
+def train_config(tmp_path: Path, data_dir: Path, name: str, **kw) -> TrainConfig:
+    """A short run in ``tmp_path / name``: 4 steps of 4 x 64 tokens, eval and a checkpoint every 2."""
+    base = dict(out=str(tmp_path / name), data=str(data_dir), seq_len=64, batch_size=4, max_steps=4, eval_every=2,
+                eval_batches=2, save_every=2, warmup_steps=2, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def tiny_train_config(tmp_path: Path, data_dir: Path, name: str = "run", **kw) -> TrainConfig:
+    """:func:`train_config` for a new TINY causal llama with the shipped tokenizer (``kw`` overrides)."""
+    base = dict(objective="causal", arch="llama", size=TINY, tokenizer=str(TOKENIZER))
+    return train_config(tmp_path, data_dir, name, **{**base, **kw})
+
+
+def interrupt_training_at(monkeypatch, at_step: int, how: str) -> None:
+    """Ctrl-C during step ``at_step`` (0-based): a SIGINT to this process, or a KeyboardInterrupt raised there."""
+    import os
+    import signal
+
+    from dlm.train.trainer import Trainer
+
+    loss = Trainer._loss
+
+    def hooked(self, batch, step, *args, **kwargs):
+        value = loss(self, batch, step, *args, **kwargs)  # the step's noise is drawn: the RNG moved on
+        if step == at_step and self.trainable.training:
+            if how in ("signal", "sigterm"):
+                os.kill(os.getpid(), signal.SIGINT if how == "signal" else signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
+        return value
+
+    monkeypatch.setattr(Trainer, "_loss", hooked)

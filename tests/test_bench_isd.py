@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,3 +116,21 @@ def test_bad_arguments_exit_2(bench, argv, message, capsys):
         bench.main(argv + ["--no-progress"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_plot_draws_every_task(result, tmp_path):
+    """benchmarks/plot_isd.py turns result files into one PNG (a panel row per task); a file that is not
+    a result is one error line."""
+    from PIL import Image
+
+    out, _ = result
+    png = tmp_path / "isd.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_isd.py"), str(out), "--out", str(png)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(png) as im:
+        assert im.size[1] > 600 and len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 10  # two rows of bars
+    (tmp_path / "other.json").write_text('{"benchmark": "generate"}')
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_isd.py"), str(tmp_path / "other.json"),
+                           "--out", str(png)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "not a benchmarks/isd.py result" in proc.stderr and "Traceback" not in proc.stderr

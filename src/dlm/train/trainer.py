@@ -13,10 +13,6 @@ Tokenised data is cached between runs (:mod:`dlm.train.cache`).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,21 +21,21 @@ import torch
 
 from dlm.errors import DLMError, first_line
 from dlm.models.registry import CAUSAL_OBJECTIVES
-from dlm.provenance import cpu_model, software_versions
 from dlm.resources import cpu_has_bf16
-from dlm.train import cache
 from dlm.train.build import check_training_length, load_for_training, new_model
 from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
-from dlm.train.data import (SUMMARY_INSTRUCTION, BatchStream, collate_sft, from_tensors, pack_documents,
-                            pretraining_text, sft_examples, to_tensors)
-from dlm.train.idlm import IDLMObjective, finish_config
+from dlm.train.data import BatchStream
+from dlm.train.idlm import IDLMObjective
 from dlm.train.lora import LoraRun
-from dlm.train.objectives import anneal_ratio, causal_lm_loss, diffusion_loss
+from dlm.train.objectives import anneal_ratio
 from dlm.train.chat import sft_chat_template
 from dlm.train.checkpointing import Checkpointing, rng_state
+from dlm.train.evaluation import Evaluation
+from dlm.train.finishing import Finishing
+from dlm.train.run_data import RunData
 from dlm.train.runs import plan_run
 
-class Trainer(Checkpointing):
+class Trainer(Checkpointing, RunData, Evaluation, Finishing):
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
 
@@ -159,92 +155,6 @@ class Trainer(Checkpointing):
                            "build it with `dlm data tokenizer`") from None
         return new_model(cfg.arch, cfg.size, tok, seed=cfg.seed, objective=cfg.objective)
 
-    # -- data -----------------------------------------------------------------------------------
-    def _load_data(self):
-        """(train, validation, stats): tokenised once per data, tokenizer and settings, then cached."""
-        from dlm.data.debian import split_file
-
-        cfg = self.cfg
-        files = [split_file(cfg.data_dir(), split) for split in ("train", "validation")]
-        settings = {"task": cfg.task, "seq_len": cfg.seq_len}
-        if cfg.task == "sft":
-            settings.update(answer_length=cfg.answer_length, instruction_dropout=cfg.instruction_dropout,
-                            seed=cfg.seed, diffusion=cfg.objective not in CAUSAL_OBJECTIVES,
-                            instruction=SUMMARY_INSTRUCTION)
-        tokenizer = cache.tokenizer_digest(self.tokenizer, chat=cfg.task == "sft")
-        path = cache.cache_path({"data": [cache.file_digest(f) for f in files], "tokenizer": tokenizer, **settings})
-        with self.acc.main_process_first():  # the main process tokenises and writes; the others read
-            hit = cache.load(path)
-            if hit is None:
-                train, val, stats = self._tokenise()
-                if self.acc.is_main_process:
-                    cache.save(path, {**to_tensors(train, "train"), **to_tensors(val, "validation")}, stats)
-                return train, val, stats
-        self._say(f"dlm train: using the tokenised data cached in {path}")
-        tensors, stats = hit
-        return from_tensors(tensors, "train"), from_tensors(tensors, "validation"), stats
-
-    def _tokenise(self):
-        from dlm.data.debian import load_split
-
-        cfg = self.cfg
-        show = cfg.progress and self.acc.is_main_process
-        train, val = load_split(cfg.data_dir(), "train"), load_split(cfg.data_dir(), "validation")
-        if cfg.task == "pretrain":
-            tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len, show,
-                                          "tokenising train")
-            va, va_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in val], cfg.seq_len, show,
-                                          "tokenising validation")
-            return tr, va, {"train": tr_stats, "validation": va_stats}
-        diffusion = cfg.objective not in CAUSAL_OBJECTIVES  # EOS-filled answer blocks; causal: answer + EOS
-        tr, tr_stats = sft_examples(self.tokenizer, train, cfg.seq_len, cfg.answer_length, diffusion,
-                                    cfg.instruction_dropout, cfg.seed, show, "tokenising train")
-        va, va_stats = sft_examples(self.tokenizer, val, cfg.seq_len, cfg.answer_length, diffusion, 0.0, cfg.seed,
-                                    show, "tokenising validation")
-        return tr, va, {"train": tr_stats, "validation": va_stats}
-
-    def _batch(self, data, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.cfg.task == "pretrain":
-            ids = data[idx]
-            batch = {"input_ids": ids, "labels": ids}
-        else:
-            pad = self.facts.pad_id if self.facts.pad_id is not None else self.facts.eos_ids[0]
-            batch = collate_sft([data[int(i)] for i in idx], pad)
-            if self.cfg.objective == "causal":
-                batch.pop("prompt_lengths")
-        return {k: v.to(self.acc.device) for k, v in batch.items()}
-
-    # -- loss -----------------------------------------------------------------------------------
-    def _loss(self, batch, step: int, generator=None, objective: str | None = None) -> torch.Tensor:
-        cfg = self.cfg
-        objective = objective or cfg.objective
-        if objective == "causal":
-            return causal_lm_loss(self.trainable, batch)
-        if objective == "idlm":
-            return self.idlm.loss(self.trainable, batch, step)
-        return diffusion_loss(self.trainable, batch, mask_id=self.facts.mask_id, shifted=self.facts.shifted,
-                              objective=objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the first ``eval_batches`` validation batches with fixed noise (seed 1234):
-        the causal CE, or for every diffusion objective (a2d included) the same per-token
-        masked-diffusion ELBO with full attention, in nats - comparable across models; idlm: its own
-        loss at the final stride (L_mask and L_clean go to the log)."""
-        cfg = self.cfg
-        self.trainable.eval()
-        g = torch.Generator(device=self.acc.device).manual_seed(1234)
-        n = len(self.val_data)
-        losses = []
-        for b in range(cfg.eval_batches):
-            idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n))
-            if len(idx) == 0:
-                break
-            objective = cfg.objective if cfg.objective in CAUSAL_OBJECTIVES else "mdm"
-            losses.append(float(self._loss(self._batch(self.val_data, idx), step=0, generator=g, objective=objective)))
-        self.trainable.train()
-        return sum(losses) / max(1, len(losses))
-
     # -- loop -----------------------------------------------------------------------------------
     def train(self) -> dict:
         from tqdm.auto import tqdm
@@ -337,62 +247,6 @@ class Trainer(Checkpointing):
                 return "budget"
         return "done"
 
-    def _already_finished(self) -> dict:
-        saved = self.plan.saved
-        self._say(f"dlm train: {self.out} already holds this finished run ({saved['step']} steps); nothing to do. "
-                  "To train it further, pass --continue-finished with a higher --max-steps")
-        return {"finished": True, "already_finished": True, "main_process": self.acc.is_main_process,
-                **{k: saved[k] for k in ("step", "tokens", "seconds", "log")}}
-
-    def _finish(self) -> None:
-        from dlm.train.model_card import write_model_card
-
-        if self._saved_step != self.state["step"]:
-            # a run killed while the model is written resumes from here and writes it again
-            self._save_checkpoint()
-        self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return
-        from dlm.models.loading import save_pretrained
-
-        cfg = self.cfg
-        training = {
-            "objective": cfg.objective, "task": cfg.task, "steps": self.state["step"],
-            "tokens": self.state["tokens"], "seconds": round(self.state["seconds"], 1), "init": cfg.init,
-            "seq_len": cfg.seq_len,
-            "final_val_loss": next((e["val_loss"] for e in reversed(self.state["log"]) if "val_loss" in e), None),
-        }
-        if self.state["previous"] is not None:
-            training["continued_from_step"] = self.state["phase_start"]
-        self.model.config["dlm_training"] = training
-        if cfg.task == "sft":
-            self.model.config["dlm_generation"] = {"gen_length": cfg.answer_length}
-        else:  # pretraining: no template from scratch, else the --init model's (dlm.train.chat)
-            self.tokenizer.chat_template = self.init_chat_template
-            if self.init_chat_template is None:
-                (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
-        if self.idlm is not None:
-            finish_config(self.model.config, cfg)
-        self.model.path = None
-        staged = self.out / "final.tmp"  # written whole, then each file moved into place (OUT may hold a model)
-        if staged.exists():
-            shutil.rmtree(staged)
-        if self.lora is not None:
-            self.lora.save(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
-        else:
-            save_pretrained(self.model, staged, dtype=getattr(torch, cfg.save_dtype))
-        for f in sorted(staged.iterdir()):
-            os.replace(f, self.out / f.name)
-        staged.rmdir()
-        run = {"config": settings_json(cfg), "data": self.data_stats, "processes": self.acc.num_processes,
-               "hardware": _hardware(), "versions": software_versions(), "warmup_steps": self.warmup, **self.state}
-        tmp = self.out / "training_log.json.tmp"
-        tmp.write_text(json.dumps(run, indent=1) + "\n")
-        os.replace(tmp, self.out / "training_log.json")
-        write_model_card(self.out, run, self.model)
-        if self.ckpt.exists():
-            shutil.rmtree(self.ckpt)
-
 
 def _log_line(entry: dict, max_steps: int) -> str:
     """One step of the training log as a line for a log file."""
@@ -401,10 +255,3 @@ def _log_line(entry: dict, max_steps: int) -> str:
     return (f"dlm train: step {entry['step']}/{max_steps} loss {entry['loss']:.4f}{val} lr {entry['lr']:.2e} "
             f"tokens {entry['tokens']:,} ({rate:.0f}/s) {entry['seconds'] / 60:.1f} min")
 
-
-def _hardware() -> dict:
-    info = {"platform": platform.platform(), "processor": cpu_model(),
-            "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
