@@ -53,9 +53,10 @@ def test_data_digests_are_full_sha256(tmp_path):
     assert fingerprint([a])[0] == per_file[str(a)]  # one file: what sha256sum prints
 
 
-def test_one_model_one_name_and_resolved_settings(tmp_path, capsys):
+def test_one_model_one_name_and_resolved_settings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dlm.models.default.DEFAULT_MODEL", MODEL)  # a tiny diffusion model as the default
     args = ["eval", "--task", "debian", "--nfe", "4,8", "--limit", 2, "--out", tmp_path, *SMALL]
-    assert run_cli(*args) == 0  # no --model: the shipped default
+    assert run_cli(*args) == 0  # no --model: the (patched) shipped default
     summary_path = only(tmp_path, "*.summary.json")
     assert summary_path.name == f"{MODEL}__debian__llada.summary.json"
     s = json.loads(summary_path.read_text())
