@@ -261,7 +261,8 @@ def load(path: str | Path | None = None, device: str | torch.device = "cpu",
     the adapter (:mod:`dlm.models.adapters`): merged into the weights (the default), or with
     ``merge=False`` kept apart as a peft ``PeftModel`` in ``model.net``. An R-ISD adapter (acting at
     mask slots only) is always kept apart, gated by the input (:mod:`dlm.models.lora_gate`)."""
-    return load_parsed(path, parse_device(device), parse_dtype(dtype, parse_device(device)), merge)
+    dev = parse_device(device)
+    return load_parsed(path, dev, parse_dtype(dtype, dev), merge)
 
 
 def load_parsed(path: str | Path | None, dev: torch.device, torch_dtype: torch.dtype, merge: bool | None = None,
