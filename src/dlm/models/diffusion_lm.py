@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from dlm.errors import DLMError
+from dlm.models.kv_cache import MODES, CanvasKV, crop_hf_cache, new_hf_cache
 from dlm.models.llada import DenoiserOutput, LLaDAModelLM
 from dlm.models.registry import ModelFacts
 
@@ -86,6 +87,51 @@ class DiffusionLM(nn.Module):
         if logits_from == 0:
             return DenoiserOutput(logits=torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
         return DenoiserOutput(logits=raw[:, :-1])
+
+    # -- K/V caches over the canvas (dlm.models.kv_cache) --------------------------------------
+    def new_cache(self):
+        """An empty K/V cache for :meth:`cached_forward`."""
+        return CanvasKV() if self.is_llada else new_hf_cache(self.net)
+
+    def cached_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, cache, mode: str,
+                       start: int, end: int) -> torch.Tensor:
+        """Aligned logits (B, end - start, V) of canvas positions [start, end) with a K/V cache.
+
+        ``x`` (B, Lv) is the visible canvas and ``attention_mask`` (B, Lv) its padding mask (or None).
+        ``mode`` (see :mod:`dlm.models.kv_cache`): ``"fill"`` runs all of ``x`` and caches every
+        position's K/V; ``"prefix"`` runs ``x[:, start - shift:]`` against the cached K/V before it
+        (frozen); ``"dual"`` runs ``x[:, start - shift:end]`` against the whole cached canvas and writes
+        its K/V into their slots. ``shift`` is 1 for shifted models (position i's logits come from
+        i - 1), else 0. ``start`` >= 1 for shifted models (position 0 has no prediction of its own).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        shift = 1 if self.facts.shifted else 0
+        if shift and start < 1:
+            raise ValueError("a shifted model has no prediction for position 0")
+        q0 = 0 if mode == "fill" else start - shift  # first canvas position run
+        q1 = end if mode == "dual" else x.shape[1]  # one past the last
+        chunk = x[:, q0:q1]
+        lo, hi = start - shift - q0, end - shift - q0  # rows of the chunk's raw output to keep
+        if self.is_llada:
+            if mode == "prefix" and cache.length > q0:
+                cache.crop(q0)  # freeze the prefix: [0, block start)
+            cache.mode, cache.start = mode, q0
+            return self.net(chunk, attention_mask=attention_mask, logits_from=lo, logits_to=hi, kv=cache).logits
+        name, hf_cache = cache
+        if mode != "dual" and hf_cache.get_seq_length() > q0:
+            crop_hf_cache(hf_cache, q0)  # fill: start empty; prefix: drop what the last prefix pass appended
+        hf_cache.replace_at = q0 if mode == "dual" else None
+        B, T = chunk.shape
+        keys = q0 + T if mode != "dual" else x.shape[1]
+        bias = torch.zeros(B, 1, T, keys, dtype=self.dtype, device=x.device)
+        if attention_mask is not None:
+            bias = bias.masked_fill((attention_mask[:, :keys] == 0)[:, None, None, :], torch.finfo(self.dtype).min)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) if attention_mask is not None else \
+            torch.arange(x.shape[1], device=x.device)[None].expand(B, -1)  # (B, Lv), as forward() numbers them
+        keep = torch.arange(lo, hi, device=x.device)
+        return self.net(input_ids=chunk, attention_mask=bias, position_ids=positions[:, q0:q1], use_cache=True,
+                        logits_to_keep=keep, **{name: hf_cache}).logits
 
     # -- text helpers -------------------------------------------------------------------------
     def encode_prompt(self, text: str, chat: bool | None = None) -> list[int]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dlm.errors import CheckpointError
+from dlm.models.kv_cache import CanvasKV, LayerKV
 from dlm.validation import type_problem
 
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
@@ -184,7 +185,8 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(cfg.hidden_size, cfg.d_model, bias=cfg.include_bias)
         self.act = _ACTIVATIONS[cfg.activation_type]
 
-    def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+                  kv: LayerKV | None = None) -> torch.Tensor:
         cfg = self.cfg
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, L, hd)
@@ -195,6 +197,8 @@ class LLaDABlock(nn.Module):
         sin, cos = sin.type_as(q_), cos.type_as(q_)
         q = ((q_ * cos + rotate_half(q_) * sin).to(q_.dtype)).type_as(q)
         k = ((k_ * cos + rotate_half(k_) * sin).to(k_.dtype)).type_as(k)
+        if kv is not None:  # keys and values of the cached canvas (see dlm.models.kv_cache)
+            k, v = kv.update(k, v)  # (B, Hkv, Lk, hd)
         if cfg.kv_heads != cfg.n_heads:
             rep = cfg.n_heads // cfg.kv_heads
             k = k.repeat_interleave(rep, dim=1, output_size=cfg.n_heads)
@@ -204,8 +208,9 @@ class LLaDABlock(nn.Module):
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=False)  # (B, H, L, hd)
         return self.attn_out(att.transpose(1, 2).contiguous().view(B, L, cfg.d_model))
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.attn_norm(x), rope, bias)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+                kv: LayerKV | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attn_norm(x), rope, bias, kv)
         h = self.ff_norm(x)
         return x + self.ff_out(self.act(self.ff_proj(h)) * self.up_proj(h))
 
@@ -265,25 +270,34 @@ class LLaDAModelLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,  # (B, L, D), replaces the embedding lookup
         attention_bias: torch.Tensor | None = None,  # (B or 1, 1, L, L) additive, e.g. a causal mask
         logits_from: int = 0,  # compute logits only for positions >= logits_from
+        logits_to: int | None = None,  # ... and < logits_to (None: to the end)
+        kv: CanvasKV | None = None,  # K/V cache: input_ids are the canvas chunk starting at kv.start
     ) -> DenoiserOutput:
         cfg, tr = self.config, self.model.transformer
         x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         if cfg.input_emb_norm:
             x = x * (cfg.d_model**0.5)
         B, L, _ = x.shape
-        bias = padding_bias(attention_mask)
+        start = 0 if kv is None else kv.start  # canvas position of input position 0
+        keys = L if attention_mask is None else attention_mask.shape[1]  # (the cached canvas: attention_mask covers it)
+        bias = padding_bias(attention_mask)  # (B, 1, 1, keys) or None
         if attention_bias is not None:
             bias = attention_bias.float() if bias is None else attention_bias.float() + bias
         if bias is not None:  # the reference adds to a (1, 1, L, L) zero bias; keep values finite
-            bias = (bias + torch.zeros(1, 1, L, L, device=x.device)).clamp_min(torch.finfo(torch.float).min)
-        rope = self._rope(L, x.device)
-        for block in tr.blocks:
-            if self.gradient_checkpointing and self.training:
+            bias = (bias + torch.zeros(1, 1, L, keys, device=x.device)).clamp_min(torch.finfo(torch.float).min)
+        sin, cos = self._rope(start + L, x.device)
+        rope = (sin[:, :, start:], cos[:, :, start:])  # positions start .. start + L - 1
+        for i, block in enumerate(tr.blocks):
+            if kv is not None:
+                x = block(x, rope, bias, kv.layer(i))
+            elif self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, rope, bias, use_reentrant=False)
             else:
                 x = block(x, rope, bias)
-        x = tr.ln_f(x[:, logits_from:] if logits_from else x)
-        logits = F.linear(x, tr.wte.weight) if cfg.weight_tying else tr.ff_out(x)  # (B, L - logits_from, V)
+        if logits_from or logits_to is not None:
+            x = x[:, logits_from:logits_to]
+        x = tr.ln_f(x)
+        logits = F.linear(x, tr.wte.weight) if cfg.weight_tying else tr.ff_out(x)  # (B, logits_to - logits_from, V)
         if cfg.scale_logits:
             logits = logits * (1 / math.sqrt(cfg.d_model))
         return DenoiserOutput(logits=logits)

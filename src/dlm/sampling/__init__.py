@@ -13,10 +13,12 @@ from dlm.models.lengths import check_length
 from dlm.sampling.aliases import resolve_aliases
 from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, make_generators, parse_options
 from dlm.sampling.autoregressive import ARSampler
+from dlm.sampling.dream import DreamSampler
+from dlm.sampling.fast import FastSampler
 from dlm.sampling.isd import ISDSampler
 from dlm.sampling.llada import LLaDASampler
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, ARSampler, ISDSampler)}
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, FastSampler, DreamSampler, ARSampler, ISDSampler)}
 
 
 def sampler_options(name: str) -> dict[str, object]:

@@ -15,8 +15,8 @@ RENAMED: dict[str, str] = {"max_new_tokens": "gen_length"}
 
 REFUSED: dict[str, str] = {
     "num_beams": "dlm samplers do not do beam search",
-    "top_p": "this sampler has no nucleus (top-p) sampling (only isd has); use temperature",
-    "top_k": "this sampler has no top-k sampling (only isd has); use temperature",
+    "top_p": "this sampler has no nucleus (top-p) sampling (isd and dream have); use temperature",
+    "top_k": "this sampler has no top-k sampling (isd and dream have); use temperature",
     "max_length": "use gen_length (the number of tokens to generate, not counting the prompt)",
     "min_new_tokens": "not supported; use gen_length (diffusion samplers fill all gen_length positions)",
     "num_return_sequences": "not supported; repeat the prompt in the batch (with per-row seeds: seed=[...])",

@@ -130,22 +130,43 @@ class DenoiseState:
         self.token_probs: torch.Tensor | None = None
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
         self.progress = progress
+        # The model sees canvas positions [0, visible): L, except under eos_policy "grow", which
+        # shows the blocks decoded so far and the current one only.
+        self.visible = x.shape[1]
+        self.ended = [False] * x.shape[0]  # rows whose answer has ended (eos_policy, see finish_ended_rows)
 
     @property
     def mask_index(self) -> torch.Tensor:  # (B, L) positions still masked
         return self.x == self.mask_id
 
+    @property
+    def visible_x(self) -> torch.Tensor:  # (B, visible) what the model sees
+        return self.x if self.visible == self.x.shape[1] else self.x[:, :self.visible]
+
+    @property
+    def visible_mask(self) -> torch.Tensor | None:  # (B, visible) its padding mask
+        if self.attention_mask is None or self.visible == self.x.shape[1]:
+            return self.attention_mask
+        return self.attention_mask[:, :self.visible]
+
     def denoise(self, logits_from: int = 0) -> torch.Tensor:
-        """Logits (B, L - logits_from, V) of the current canvas; unsupervised CFG when cfg_scale > 0."""
+        """Logits (B, visible - logits_from, V) of the visible canvas; unsupervised CFG when cfg_scale > 0."""
+        x, attention_mask = self.visible_x, self.visible_mask
         if self.cfg_scale > 0.0:
-            un_x = self.x.clone()
-            un_x[self.prompt_index] = self.mask_id
+            un_x = x.clone()
+            un_x[self.prompt_index[:, :self.visible]] = self.mask_id
             self.nfe += 2
-            logits = guided_logits(self.model, self.x, un_x, self.cfg_scale, self.attention_mask, logits_from)
+            logits = guided_logits(self.model, x, un_x, self.cfg_scale, attention_mask, logits_from)
         else:
             self.nfe += 1
-            logits = self.model(self.x, attention_mask=self.attention_mask, logits_from=logits_from).logits
+            logits = self.model(x, attention_mask=attention_mask, logits_from=logits_from).logits
         return self.check_finite(logits)
+
+    def cached_denoise(self, cache, mode: str, start: int, end: int) -> torch.Tensor:
+        """Logits (B, end - start, V) of canvas positions [start, end) from one pass with a K/V cache
+        (``DiffusionLM.cached_forward``), counted as one forward pass."""
+        self.nfe += 1
+        return self.check_finite(self.model.cached_forward(self.visible_x, self.visible_mask, cache, mode, start, end))
 
     @staticmethod
     def check_finite(logits: torch.Tensor) -> torch.Tensor:
@@ -172,20 +193,28 @@ class DenoiseState:
         return isinstance(self.generator, list)
 
     def rand_canvas(self, *trailing: int, dtype: torch.dtype = torch.float32, start: int = 0) -> torch.Tensor:
-        """U(0, 1) noise (B, L - start, *trailing) for canvas positions start..L-1.
+        """U(0, 1) noise (B, visible - start, *trailing) for canvas positions start..visible-1.
 
-        One generator (or the global RNG): drawn for the whole (B, L) canvas and sliced, as LLaDA's
-        generate.py draws it. Per-row generators: each row draws for its own positions only (from
-        its first non-padding token); values at padding positions are 0.5 and never used.
+        One generator (or the global RNG): drawn for the whole (B, visible) canvas and sliced, as
+        LLaDA's generate.py draws it. Per-row generators: see :meth:`rand_positions`.
         """
-        B, L = self.x.shape
+        return self.rand_positions(0, self.visible, *trailing, dtype=dtype)[:, start:]
+
+    def rand_positions(self, a: int, b: int, *trailing: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """U(0, 1) noise (B, b - a, *trailing) for canvas positions a..b-1.
+
+        One generator (or the global RNG): one ``torch.rand(B, b - a, *trailing)`` draw. Per-row
+        generators: each row draws for its own positions only (from its first non-padding token);
+        values at padding positions are 0.5 and never used.
+        """
+        B = self.x.shape[0]
         if not self.per_row:
-            return self._rand_shared(B, L, *trailing, dtype=dtype)[:, start:]
-        out = torch.full((B, L - start, *trailing), 0.5, dtype=dtype, device=self.x.device)
+            return self._rand_shared(B, b - a, *trailing, dtype=dtype)
+        out = torch.full((B, b - a, *trailing), 0.5, dtype=dtype, device=self.x.device)
         for row, (gen, first) in enumerate(zip(self.generator, self.row_start)):
-            draw = torch.rand(L - first, *trailing, dtype=dtype, device=self.x.device, generator=gen)
-            lo = max(first, start)  # the first position both drawn and asked for
-            out[row, lo - start:] = draw[lo - first:]
+            lo = max(first, a)
+            if lo < b:
+                out[row, lo - a:] = torch.rand(b - lo, *trailing, dtype=dtype, device=self.x.device, generator=gen)
         return out
 
     def rand_rows(self, *trailing: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -256,15 +285,69 @@ class Sampler:
     def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def forward(self, state: DenoiseState, block: Block) -> torch.Tensor:
+        """One denoiser pass: logits (B, visible - logits_from, V) (samplers with caches override it)."""
+        return state.denoise(self.logits_from(state, block))
+
+    @property
+    def eos_policy(self) -> str:
+        return getattr(self.opts, "eos_policy", "none")
+
+    def validate_eos_policy(self, model) -> None:
+        if self.eos_policy not in EOS_POLICIES:
+            raise DLMError(f"eos_policy must be one of {', '.join(EOS_POLICIES)}, got {self.eos_policy!r}")
+        if self.eos_policy != "none" and not model.facts.eos_ids:
+            raise DLMError(f"eos_policy {self.eos_policy!r} needs an EOS id, and this model has none")
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self, state: DenoiseState) -> None:
-        for block in self.blocks(state.prompt_length):
+        blocks = self.blocks(state.prompt_length)
+        for block in blocks:
+            if self.eos_policy == "grow":
+                state.visible = block.end
             self.start_block(state, block)
             while not self.block_done(state, block):
-                logits = state.denoise(self.logits_from(state, block))  # (B, L - logits_from, V)
+                logits = self.forward(state, block)
                 self.step(state, block, logits)
                 block.steps_taken += 1
                 state.record()
+            if self.eos_policy != "none":
+                finish_ended_rows(state, block.end)
+                if all(state.ended):
+                    break
+        if self.eos_policy != "none":
+            state.visible = state.x.shape[1]
+            state.stats["blocks_run"] = block.index + 1 if blocks else 0
+            state.stats["blocks"] = len(blocks)
+
+
+EOS_POLICIES = ("none", "stop_after_eos", "grow")
+
+
+def finish_ended_rows(state: DenoiseState, upto: int) -> None:
+    """Fill the rest of every row whose answer has ended by canvas position ``upto`` with EOS.
+
+    A row's answer has ended when its generated tokens before ``upto`` hold a stop token (EOS /
+    end-of-turn) followed only by stop tokens or masks. Its masked positions then become EOS at
+    once, so a row decodes the same alone and in a batch (later passes commit nothing in it);
+    ``state.stats["forwards"][row]`` is the NFE it had taken when it ended.
+    """
+    facts = state.model.facts
+    stops = torch.tensor(sorted(facts.stop_ids), device=state.x.device)
+    P = state.prompt_length
+    forwards = state.stats.setdefault("forwards", [0] * state.x.shape[0])
+    for row in range(state.x.shape[0]):
+        if state.ended[row]:
+            continue
+        forwards[row] = state.nfe
+        gen = state.x[row, P:upto]  # (upto - P,)
+        is_stop = torch.isin(gen, stops)
+        other = (~is_stop & (gen != state.mask_id)).nonzero()
+        last_other = int(other[-1]) if len(other) else -1  # the last token that is neither stop nor mask
+        if bool(is_stop[last_other + 1:].any()):
+            state.ended[row] = True
+            tail = state.x[row, P + last_other + 1:]  # stops and masks only, to the end of the canvas
+            tail[tail == state.mask_id] = facts.eos_ids[0]
 
 
 def parse_options(cls: type, name: str, options: dict[str, Any]):

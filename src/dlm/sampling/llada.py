@@ -61,6 +61,7 @@ class LLaDAOptions:
     logits_eos_inf: bool = False  # EOS logits = -inf: EOS is never predicted
     confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get zero confidence (see below)
     window_logits: bool = True  # head + softmax only where tokens can be committed; False = full, as the reference
+    eos_policy: str = "none"  # "stop_after_eos" / "grow": stop once every row's answer has ended (sampling/base.py)
 
 
 class LLaDASampler(Sampler):
@@ -101,6 +102,7 @@ class LLaDASampler(Sampler):
             raise DLMError(f"cfg_scale must be >= 0, got {o.cfg_scale}")
         if o.remasking not in ("low_confidence", "random"):
             raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
+        self.validate_eos_policy(model)
         if (o.logits_eos_inf or o.confidence_eos_eot_inf) and not model.facts.eos_ids:
             raise DLMError("logits_eos_inf / confidence_eos_eot_inf need an EOS id, and this model has none")
 
@@ -127,14 +129,15 @@ class LLaDASampler(Sampler):
     def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
         o, x = self.opts, state.x
         B, L = x.shape
-        lo = L - logits.shape[1]  # logits cover canvas positions lo..L-1
+        hi = state.visible
+        lo = hi - logits.shape[1]  # logits cover canvas positions lo..hi-1
         eos = list(state.model.facts.eos_ids)
         if o.logits_eos_inf:
             logits[:, :, eos] = -torch.inf
-        # Gumbel noise (B, L - lo, V); with one generator it is drawn for the whole canvas, as the
+        # Gumbel noise (B, hi - lo, V); with one generator it is drawn for the whole canvas, as the
         # reference does, to share its stream (see DenoiseState.rand_canvas).
         noise = state.rand_canvas(logits.shape[-1], dtype=torch.float64, start=lo) if o.temperature > 0 else None
-        x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, L - lo)
+        x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, hi - lo)
         drop, kept = [], None
         if o.confidence_eos_eot_inf:
             # The reference's chained assignment `noisy[..., EOS] = logits[..., EoT] = -inf`: at
@@ -142,20 +145,20 @@ class LLaDASampler(Sampler):
             # temperature > 0 only EoT does.
             eot = state.model.facts.eot_id
             drop = ([] if eot is None else [eot]) + (eos if o.temperature == 0 else [])
-            kept = logits[:, :, drop].clone()  # (B, L - lo, |drop|): what x0 was drawn from, for q
+            kept = logits[:, :, drop].clone()  # (B, hi - lo, |drop|): what x0 was drawn from, for q
             logits[:, :, drop] = -torch.inf
         if o.remasking == "low_confidence":
             p = F.softmax(logits, dim=-1)
-            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L - lo)
+            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)  # (B, hi - lo)
         else:
-            x0_p = state.rand_canvas(start=lo)  # (B, L - lo)
+            x0_p = state.rand_canvas(start=lo)  # (B, hi - lo)
         mask_index = state.mask_index  # (B, L)
         # Rank over the full row, as the reference does, so that ties break the same way.
         confidence = torch.full((B, L), -torch.inf, dtype=x0_p.dtype, device=x.device)
         confidence[:, lo:block.end] = x0_p[:, :block.end - lo]
         confidence = confidence.masked_fill(~mask_index, -torch.inf)
         candidates = x.clone()
-        candidates[:, lo:] = torch.where(mask_index[:, lo:], x0, x[:, lo:])
+        candidates[:, lo:hi] = torch.where(mask_index[:, lo:hi], x0, x[:, lo:hi])
         for row, k in enumerate(self._schedule[:, block.steps_taken].tolist()):
             if k == 0:
                 continue
