@@ -106,6 +106,11 @@ class DiffusionLM(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "dual":
+            cached = cache.length if self.is_llada else cache[1].get_seq_length()
+            if cached != x.shape[1]:
+                raise ValueError(f"a dual pass needs the K/V of the whole canvas ({x.shape[1]} positions, cached "
+                                 f"{cached}): run a fill pass first")
         shift = 1 if self.facts.shifted else 0
         if shift and start < 1:
             raise ValueError("a shifted model has no prediction for position 0")
