@@ -50,7 +50,7 @@ def sampler_plan(model, cfg: EvalConfig) -> SamplerPlan:
         preset = {k: v for k, v in preset.items() if k in own}
     user_options = resolve_aliases(cfg.options, own)  # -o max_new_tokens=N overrides the checkpoint's gen_length
     options = {**model_generation_defaults(model, cls), **preset, **user_options}
-    if not cls.has_step_budget():
+    if not cls.has_step_budget(options):
         if cfg.budgets:
             cls.options_for_nfe(cfg.budgets[0], options)  # raises the sampler's message
         budgets: list[int | None] = [None]

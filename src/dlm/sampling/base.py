@@ -258,8 +258,8 @@ class Sampler:
         return [Block(i, prompt_length + s, prompt_length + s + b) for i, s in enumerate(range(0, g, b))]
 
     @classmethod
-    def has_step_budget(cls) -> bool:
-        """Whether ``options_for_nfe`` is implemented (the NFE of a generation can be chosen)."""
+    def has_step_budget(cls, options: dict[str, Any] | None = None) -> bool:
+        """Whether the NFE of a generation with ``options`` can be chosen (``options_for_nfe``)."""
         return cls.options_for_nfe.__func__ is not Sampler.options_for_nfe.__func__
 
     @classmethod

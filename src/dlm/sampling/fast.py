@@ -77,6 +77,11 @@ class FastSampler(Sampler):
         super().__init__(options)
 
     @classmethod
+    def has_step_budget(cls, options: dict | None = None) -> bool:
+        options = options or {}
+        return options.get("threshold") is None and options.get("factor") is None
+
+    @classmethod
     def options_for_nfe(cls, nfe: int, options: dict) -> dict:
         """steps = NFE with the top-k schedule (one pass per step, cached or not)."""
         if options.get("threshold") is not None or options.get("factor") is not None:
