@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")
     c.set_defaults(func=cmd_check)
 
+    from dlm.bench.cli import add_parser as add_bench
     from dlm.data.cli import add_parser as add_data
     from dlm.eval.cli import add_parser as add_eval
     from dlm.train.cli import add_parser as add_train
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_data(sub)
     add_eval(sub)
+    add_bench(sub)
     return p
 
 
