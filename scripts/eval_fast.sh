@@ -22,17 +22,17 @@ run() {  # NAME SAMPLER OPTIONS...
   "$DLM" eval --task debian --model "$MODEL" --limit "$LIMIT" --batch-size 1 --out "$OUT" --no-progress \
     --sampler "$sampler" -o gen_length=64 -o block_length=32 --name "${MODEL}__debian__${name}" "$@"
 }
-baseline() { run llada-64 llada -o steps=64; }
+baseline() { run llada-64 llada --nfe 64; }
 fast() {
   run fast-dual-t0.9 fast -o cache=dual -o threshold=0.9
   run fast-prefix-t0.9 fast -o cache=prefix -o threshold=0.9
   run fast-none-t0.9 fast -o cache=none -o threshold=0.9
-  run fast-dual-64 fast -o cache=dual -o steps=64
+  run fast-dual-64 fast -o cache=dual --nfe 64
 }
 eos() {
   run fast-dual-t0.9-stop fast -o cache=dual -o threshold=0.9 -o eos_policy=stop_after_eos
-  run llada-64-stop llada -o steps=64 -o eos_policy=stop_after_eos
-  run llada-64-grow llada -o steps=64 -o eos_policy=grow
+  run llada-64-stop llada --nfe 64 -o eos_policy=stop_after_eos
+  run llada-64-grow llada --nfe 64 -o eos_policy=grow
 }
 case "${1:-}" in
   baseline) baseline ;;
