@@ -81,6 +81,9 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, type=Path)
     ap.add_argument("--model", required=True, type=Path, help="LLaDA checkpoint directory")
+    ap.add_argument("--prompt-ids", type=Path, default=None,
+                    help="JSON file: a list of equal-length id lists (one batch; overrides --prompt-length, "
+                         "--batch and the random prompt), e.g. the prompts of a dlm bench run")
     ap.add_argument("--prompt-length", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1)
@@ -130,6 +133,9 @@ def main():
     load_s = time.perf_counter() - t0
     mask_id = int(config["mask_token_id"])
     prompt, hi = make_prompt(torch, config, args.batch, args.prompt_length, args.seed)
+    if args.prompt_ids is not None:
+        prompt = torch.tensor(json.loads(args.prompt_ids.read_text()), dtype=torch.long)
+        args.batch, args.prompt_length = prompt.shape
     kwargs = dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                   temperature=args.temperature, remasking=args.remasking, mask_id=mask_id,
                   threshold=args.threshold, factor=args.factor)
