@@ -56,7 +56,7 @@ def main() -> None:
     summary["dual_8_prompts"] = {"batch1_tokens_per_s": b1_tps, "batch8_tokens_per_s": b8_tps, "ratio": b8_tps / b1_tps}
     print(f"random LLaDA {ref['model']['parameters'] / 1e6:.1f}M, prompt {P}, gen {gen}, block "
           f"{ref['settings']['block_length']}, steps {ref['settings']['steps']}, T = 0, one thread; "
-          f"{b1['hardware'].get('cpu_model', '?')}")
+          f"{b1['hardware'].get('cpu', '?')} ({b1['hardware'].get('cpus', '?')} cores, load average {b1['hardware'].get('loadavg_start', ['?'])[0]:.1f} at the start)")
     print()
     print("| sampler | dlm tok/s | reference tok/s | dlm / reference | NFE dlm / ref | same output |")
     print("|---|---:|---:|---:|---:|---|")
