@@ -7,7 +7,8 @@ import torch
 
 import dlm
 from dlm.errors import DLMError
-from dlm.sampling.base import DenoiseState, finish_ended_rows
+from dlm.sampling.base import DenoiseState
+from dlm.sampling.eos_policy import finish_ended_rows
 from dlm.sampling.batching import answer_ids, left_pad
 
 SAMPLERS = [("llada", dict(steps=32)), ("fast", dict(threshold=0.9, cache="dual")), ("fast", dict(steps=32))]

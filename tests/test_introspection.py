@@ -11,7 +11,7 @@ import torch
 import dlm
 from dlm.cli import main
 from dlm.errors import DLMError
-from dlm.sampling.base import token_probability
+from dlm.sampling.output import token_probability
 from dlm.sampling.batching import left_pad
 from test_autoregressive import causal_lm  # noqa: F401 - the tiny random LLaMA (vocab 8192) fixture
 from test_isd import tiny_vocab_lm

@@ -83,7 +83,7 @@ def acceptance_rate(model, sequences, prompt_length: int | None = None, token_pr
     sampler's (p is read at it; 0 = greedy, read at 1); default: the GenerationOutput's, else 0.
     ``batch_size`` is the number of masked copies per forward pass for a bidirectional model.
     """
-    from dlm.sampling.base import GenerationOutput
+    from dlm.sampling.output import GenerationOutput
 
     if isinstance(sequences, GenerationOutput):
         out = sequences
@@ -152,7 +152,7 @@ def acceptance_rate(model, sequences, prompt_length: int | None = None, token_pr
 def _causal_p(model, sequences: torch.Tensor, attention_mask: torch.Tensor | None, P: int,
               temperature: float) -> tuple[torch.Tensor, int]:
     """p (B, G) of a causal LM: one pass with causal attention, the logit at k - 1 predicting k."""
-    from dlm.sampling.base import token_probability
+    from dlm.sampling.output import token_probability
 
     if P < 1:
         raise DLMError("a causal model predicts a token from the ones before it: the prompt needs at least one token")
@@ -170,7 +170,7 @@ def _masked_prefix_p(model, sequences: torch.Tensor, attention_mask: torch.Tenso
     """p (B, G) of a bidirectional model: for each scored position k, the canvas with every position
     >= k masked, the model's prediction at k. Passes are ordered by k, so a batch shares most of its
     output head window (``logits_from`` = its smallest k)."""
-    from dlm.sampling.base import token_probability
+    from dlm.sampling.output import token_probability
 
     B, L = sequences.shape
     mask_id = model.facts.resolve_mask_id()

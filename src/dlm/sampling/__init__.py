@@ -11,7 +11,8 @@ import torch
 from dlm.errors import DLMError
 from dlm.models.lengths import check_length
 from dlm.sampling.aliases import resolve_aliases
-from dlm.sampling.base import DenoiseState, GenerationOutput, Sampler, make_generators, parse_options
+from dlm.sampling.base import DenoiseState, Sampler, parse_options
+from dlm.sampling.output import GenerationOutput, make_generators
 from dlm.sampling.autoregressive import ARSampler
 from dlm.sampling.dream import DreamSampler
 from dlm.sampling.fast import FastSampler

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlm.sampling.base import DenoiseState, Sampler, token_probability
+from dlm.sampling.base import DenoiseState, Sampler
+from dlm.sampling.output import token_probability
 from dlm.sampling.llada import gumbel_argmax
 
 

@@ -14,7 +14,7 @@ three hooks - ``start_block``, ``block_done`` and ``step`` - called by :meth:`Sa
 ``DenoiseState`` holds everything per request: the canvas, padding mask, prompt index, NFE,
 history and the random generators, so every sampler is batch-native with per-row state.
 
-Random draws go through the state, which decides how they are made (see :func:`make_generators`):
+Random draws go through the state, which decides how they are made (see :func:`dlm.sampling.output.make_generators`):
 ``rand_canvas`` (noise per canvas position) and ``rand_rows`` (noise per row). With one generator
 (or the global RNG) a draw covers the whole batch at once, the stream of LLaDA's ``generate.py``;
 with one generator per row each row draws its own noise over its own tokens only (never its left
@@ -24,12 +24,9 @@ padding), so a row samples the same whether it runs alone or in any batch.
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
-import numpy
 import torch
 
 from dlm.diffusion.guidance import guided_logits
@@ -38,70 +35,11 @@ from dlm.validation import type_problem
 
 
 @dataclass
-class GenerationOutput:
-    """What ``dlm.generate(..., return_dict=True)`` returns."""
-
-    sequences: torch.Tensor  # (B, P + G) prompt followed by the generated tokens
-    prompt_length: int  # P
-    nfe: int  # denoiser forward passes per sequence (a CFG step counts 2)
-    seconds: float
-    history: torch.Tensor | None = None  # (S + 1, B, P + G): the initial canvas and the canvas after each step
-    sampler: str = ""
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # sampler figures (isd: tokens_per_forward, ...)
-    # (B, G) float32: q of each generated token - its probability under the distribution the sampler
-    # drew it from when it was committed (see token_probability); NaN where no token was drawn (the EOS
-    # fill after a row stopped); None when the sampler records nothing. dlm.acceptance_rate reads it.
-    token_probs: torch.Tensor | None = None
-
-    @property
-    def generated(self) -> torch.Tensor:  # (B, G)
-        return self.sequences[:, self.prompt_length:]
-
-
-@dataclass
 class Block:
     index: int
     start: int  # absolute canvas position of the first token of the block
     end: int  # exclusive
     steps_taken: int = 0
-
-
-Seed = Union[int, Sequence[int], None]
-
-
-def token_probability(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / T)[token] in float64: logits (..., V), tokens (...) -> (...).
-
-    The probability the samplers record as q of a committed token (``GenerationOutput.token_probs``)
-    and :func:`dlm.acceptance_rate` computes as p of the causal re-scoring, so both go through the
-    same arithmetic. T = 0 (greedy: the argmax, a point mass) is read at T = 1, the model's own
-    softmax - the confidence LLaDA ranks positions by.
-    """
-    z = logits.double()
-    if temperature > 0 and temperature != 1.0:
-        z = z / temperature
-    return (z.gather(-1, tokens[..., None].to(z.device)) - torch.logsumexp(z, dim=-1, keepdim=True))[..., 0].exp()
-
-
-def make_generators(seed: Seed, batch: int, device) -> torch.Generator | list[torch.Generator] | None:
-    """``None`` -> the global torch RNG; an int -> one generator for the batch; a list of ints
-    (one per row) -> one generator per row."""
-    def generator(s, what: str) -> torch.Generator:
-        if not isinstance(s, numbers.Integral) or isinstance(s, (bool, numpy.bool_)):
-            raise DLMError(f"{what} must be an integer, got {s!r}")
-        try:
-            return torch.Generator(device=device).manual_seed(int(s))
-        except (ValueError, RuntimeError, OverflowError):
-            raise DLMError(f"{what} {s} is out of range (seeds are 64-bit integers)") from None
-
-    if seed is None:
-        return None
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != batch:
-            raise DLMError(f"seed is a list of {len(seed)} per-row seeds, but the batch has {batch} rows")
-        return [generator(s, f"seed[{i}]") for i, s in enumerate(seed)]
-    return generator(seed, "seed")
 
 
 class DenoiseState:
@@ -294,10 +232,9 @@ class Sampler:
         return getattr(self.opts, "eos_policy", "none")
 
     def validate_eos_policy(self, model) -> None:
-        if self.eos_policy not in EOS_POLICIES:
-            raise DLMError(f"eos_policy must be one of {', '.join(EOS_POLICIES)}, got {self.eos_policy!r}")
-        if self.eos_policy != "none" and not model.facts.eos_ids:
-            raise DLMError(f"eos_policy {self.eos_policy!r} needs an EOS id, and this model has none")
+        from dlm.sampling.eos_policy import validate_eos_policy
+
+        validate_eos_policy(self.eos_policy, model)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, state: DenoiseState) -> None:
@@ -312,6 +249,8 @@ class Sampler:
                 block.steps_taken += 1
                 state.record()
             if self.eos_policy != "none":
+                from dlm.sampling.eos_policy import finish_ended_rows
+
                 finish_ended_rows(state, block.end)
                 if all(state.ended):
                     break
@@ -319,35 +258,6 @@ class Sampler:
             state.visible = state.x.shape[1]
             state.stats["blocks_run"] = block.index + 1 if blocks else 0
             state.stats["blocks"] = len(blocks)
-
-
-EOS_POLICIES = ("none", "stop_after_eos", "grow")
-
-
-def finish_ended_rows(state: DenoiseState, upto: int) -> None:
-    """Fill the rest of every row whose answer has ended by canvas position ``upto`` with EOS.
-
-    A row's answer has ended when its generated tokens before ``upto`` hold a stop token (EOS /
-    end-of-turn) followed only by stop tokens or masks. Its masked positions then become EOS at
-    once, so a row decodes the same alone and in a batch (later passes commit nothing in it);
-    ``state.stats["forwards"][row]`` is the NFE it had taken when it ended.
-    """
-    facts = state.model.facts
-    stops = torch.tensor(sorted(facts.stop_ids), device=state.x.device)
-    P = state.prompt_length
-    forwards = state.stats.setdefault("forwards", [0] * state.x.shape[0])
-    for row in range(state.x.shape[0]):
-        if state.ended[row]:
-            continue
-        forwards[row] = state.nfe
-        gen = state.x[row, P:upto]  # (upto - P,)
-        is_stop = torch.isin(gen, stops)
-        other = (~is_stop & (gen != state.mask_id)).nonzero()
-        last_other = int(other[-1]) if len(other) else -1  # the last token that is neither stop nor mask
-        if bool(is_stop[last_other + 1:].any()):
-            state.ended[row] = True
-            tail = state.x[row, P + last_other + 1:]  # stops and masks only, to the end of the canvas
-            tail[tail == state.mask_id] = facts.eos_ids[0]
 
 
 def parse_options(cls: type, name: str, options: dict[str, Any]):

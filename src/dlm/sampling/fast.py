@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, token_probability
+from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.output import token_probability
 from dlm.sampling.llada import transfer_schedule
 
 CACHES = ("none", "prefix", "dual")

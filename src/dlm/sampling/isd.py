@@ -64,7 +64,8 @@ import torch
 
 from dlm.errors import DLMError
 from dlm.sampling.autoregressive import kv_cache_kwargs
-from dlm.sampling.base import DenoiseState, Sampler, token_probability
+from dlm.sampling.base import DenoiseState, Sampler
+from dlm.sampling.output import token_probability
 
 MODES = ("reference", "exact")
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, token_probability
+from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.output import token_probability
 
 
 def transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
