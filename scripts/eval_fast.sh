@@ -6,7 +6,8 @@
 #
 #   bash scripts/eval_fast.sh baseline   # llada, steps 64 (one token per pass): the slow reference row
 #   bash scripts/eval_fast.sh fast       # fast: threshold 0.9 with cache none / prefix / dual, dual top-k 64
-#   bash scripts/eval_fast.sh eos        # the EOS policies on llada and fast dual 0.9
+#   bash scripts/eval_fast.sh eos        # stop_after_eos on llada and fast dual 0.9
+#   LIMIT=30 bash scripts/eval_fast.sh grow   # llada with eos_policy grow (the docs' run: 30 pairs)
 # LIMIT (default 60) pairs of the seeded selection; a later run with a larger LIMIT adds only new pairs.
 # Results: benchmarks/results/fast/ (`dlm report benchmarks/results/fast --common`).
 set -euo pipefail
@@ -32,11 +33,12 @@ fast() {
 eos() {
   run fast-dual-t0.9-stop fast -o cache=dual -o threshold=0.9 -o eos_policy=stop_after_eos
   run llada-64-stop llada --nfe 64 -o eos_policy=stop_after_eos
-  run llada-64-grow llada --nfe 64 -o eos_policy=grow
 }
+grow() { run llada-64-grow llada --nfe 64 -o eos_policy=grow; }
 case "${1:-}" in
   baseline) baseline ;;
   fast) fast ;;
   eos) eos ;;
-  *) echo "usage: $0 baseline|fast|eos" >&2; exit 2 ;;
+  grow) grow ;;
+  *) echo "usage: $0 baseline|fast|eos|grow" >&2; exit 2 ;;
 esac
