@@ -38,8 +38,8 @@ the reference files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -52,22 +52,18 @@ FUNCTIONS = {"none": "generate", "prefix": "generate_with_prefix_cache", "dual":
 REFERENCE_FILES = ("generate.py", "model/__init__.py", "model/modeling_llada.py", "model/configuration_llada.py")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _provenance():
+    """dlm's provenance module, loaded from its file: it needs only the standard library, and this
+    script runs in the reference's environment, where dlm itself is not installed."""
+    path = Path(__file__).resolve().parents[1] / "src" / "dlm" / "provenance.py"
+    spec = importlib.util.spec_from_file_location("dlm_provenance", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_PROVENANCE = _provenance()
+cpu_model, sha256_file = _PROVENANCE.cpu_model, _PROVENANCE.file_sha256
 
 
 def make_prompt(torch, config: dict, batch: int, prompt_length: int, seed: int):

@@ -37,7 +37,6 @@ manifest.json. See tests/fixtures/fast/README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import math
@@ -46,6 +45,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from derive_llada_fixtures import dump_cases, sha256_file  # noqa: E402  (the LLaDA fixtures' JSON layout and hashes)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "fast"
@@ -74,18 +76,6 @@ def _spec(scale: float) -> dict:
 CHECKPOINTS = {name: _spec(scale) for name, scale in HEAD_SCALES.items()}
 
 FUNCTIONS = {"none": "generate", "prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def dump_cases(cases) -> str:
-    """JSON list, one key per line, values compact (keeps id lists on one line)."""
-    body = ",\n".join(
-        "  {\n" + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in c.items()) + "\n  }" for c in cases
-    )
-    return "[\n" + body + "\n]\n"
 
 
 def compact_head_row_scale(kwargs: dict) -> dict:

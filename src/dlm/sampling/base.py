@@ -77,6 +77,12 @@ class DenoiseState:
     def mask_index(self) -> torch.Tensor:  # (B, L) positions still masked
         return self.x == self.mask_id
 
+    def first_masked(self, end: int, default: int) -> int:
+        """The first canvas position before ``end`` masked in any row (``default`` when none is):
+        where the logits a step can use begin."""
+        masked = self.mask_index[:, :end].any(dim=0).nonzero()
+        return int(masked[0]) if len(masked) else default
+
     @property
     def visible_x(self) -> torch.Tensor:  # (B, visible) what the model sees
         return self.x if self.visible == self.x.shape[1] else self.x[:, :self.visible]

@@ -117,8 +117,7 @@ class DreamSampler(Sampler):
         return block.steps_taken == self.opts.steps
 
     def logits_from(self, state: DenoiseState, block: Block) -> int:
-        masked = state.mask_index.any(dim=0).nonzero()
-        return int(masked[0]) if len(masked) else block.start
+        return state.first_masked(state.x.shape[1], default=block.start)
 
     # -- one step ----------------------------------------------------------------------------
     def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:

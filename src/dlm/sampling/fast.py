@@ -46,7 +46,7 @@ import torch
 from dlm.errors import DLMError
 from dlm.sampling.base import Block, DenoiseState, Sampler
 from dlm.sampling.output import token_probability
-from dlm.sampling.llada import transfer_schedule
+from dlm.sampling.llada import block_schedule, check_blocks, check_sampling, check_steps
 
 CACHES = ("none", "prefix", "dual")
 
@@ -92,10 +92,7 @@ class FastSampler(Sampler):
 
     def validate(self, model) -> None:
         o = self.opts
-        if o.gen_length <= 0:
-            raise DLMError(f"gen_length must be >= 1, got {o.gen_length}")
-        if o.block_length <= 0 or o.gen_length % o.block_length != 0:
-            raise DLMError(f"gen_length ({o.gen_length}) must be a positive multiple of block_length ({o.block_length})")
+        check_blocks(o)
         if o.threshold is not None and o.factor is not None:
             raise DLMError("give threshold or factor, not both")
         if o.threshold is not None and not 0.0 < o.threshold <= 1.0:
@@ -105,14 +102,9 @@ class FastSampler(Sampler):
         if self.parallel and o.steps is not None:
             raise DLMError("steps only sets the top-k schedule; with threshold or factor every block runs until "
                            "it is complete - leave steps out")
-        num_blocks = o.gen_length // o.block_length
-        if not self.parallel and (o.steps <= 0 or o.steps % num_blocks != 0):
-            raise DLMError(f"steps ({o.steps}) must be a positive multiple of the number of blocks "
-                           f"({num_blocks} = gen_length {o.gen_length} / block_length {o.block_length})")
-        if o.temperature < 0:
-            raise DLMError(f"temperature must be >= 0, got {o.temperature}")
-        if o.remasking not in ("low_confidence", "random"):
-            raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
+        if not self.parallel:
+            check_steps(o)
+        check_sampling(o)
         if o.cache not in CACHES:
             raise DLMError(f"cache must be one of {', '.join(CACHES)}, got {o.cache!r}")
         self.validate_eos_policy(model)
@@ -123,9 +115,7 @@ class FastSampler(Sampler):
     # -- hooks -------------------------------------------------------------------------------
     def start_block(self, state: DenoiseState, block: Block) -> None:
         if not self.parallel:
-            steps_per_block = self.opts.steps // (self.opts.gen_length // self.opts.block_length)
-            block_masks = state.mask_index[:, block.start:block.end].sum(dim=1)  # (B,)
-            self._schedule = transfer_schedule(block_masks, steps_per_block)  # (B, steps_per_block)
+            self._schedule = block_schedule(state, block, self.opts)  # (B, steps per block)
         if self.opts.cache != "none" and block.index == 0:
             self._cache = state.model.new_cache()
 
@@ -137,8 +127,7 @@ class FastSampler(Sampler):
         reference's logits of this pass cover (the shape its random draws take)."""
         cache, first = self.opts.cache, block.steps_taken == 0
         if cache == "none" or first:
-            masked = state.mask_index[:, :block.end].any(dim=0).nonzero()
-            self._lo = int(masked[0]) if len(masked) else block.start  # the first position that can change
+            self._lo = state.first_masked(block.end, default=block.start)  # the first position that can change
             self._span, self._draws = (0, state.visible), 1
             if cache == "none":
                 return state.denoise(self._lo)[:, :block.end - self._lo]

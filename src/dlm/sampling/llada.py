@@ -43,6 +43,39 @@ def transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
     return sched.to(torch.int64)
 
 
+def check_blocks(o) -> None:
+    """gen_length and block_length of a block sampler's options (``o``)."""
+    if o.gen_length <= 0:
+        raise DLMError(f"gen_length must be >= 1, got {o.gen_length}")
+    if o.block_length <= 0 or o.gen_length % o.block_length != 0:
+        raise DLMError(f"gen_length ({o.gen_length}) must be a positive multiple of block_length ({o.block_length})")
+
+
+def check_steps(o) -> None:
+    """steps of LLaDA's schedule: a positive multiple of the number of blocks."""
+    num_blocks = o.gen_length // o.block_length
+    if o.steps <= 0 or o.steps % num_blocks != 0:
+        raise DLMError(
+            f"steps ({o.steps}) must be a positive multiple of the number of blocks "
+            f"({num_blocks} = gen_length {o.gen_length} / block_length {o.block_length})"
+        )
+
+
+def check_sampling(o) -> None:
+    """temperature and remasking of LLaDA-style options."""
+    if o.temperature < 0:
+        raise DLMError(f"temperature must be >= 0, got {o.temperature}")
+    if o.remasking not in ("low_confidence", "random"):
+        raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
+
+
+def block_schedule(state: DenoiseState, block: Block, o) -> torch.Tensor:
+    """(B, steps per block) tokens each row commits at each step of ``block`` (LLaDA's schedule)."""
+    steps_per_block = o.steps // (o.gen_length // o.block_length)
+    block_masks = state.mask_index[:, block.start:block.end].sum(dim=1)  # (B,)
+    return transfer_schedule(block_masks, steps_per_block)
+
+
 def gumbel_argmax(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
     """argmax(exp(l) / (-log U)^T) in float64 (LLaDA's Gumbel-max); plain argmax at T = 0."""
     if temperature == 0.0:
@@ -87,22 +120,11 @@ class LLaDASampler(Sampler):
 
     def validate(self, model) -> None:
         o = self.opts
-        if o.gen_length <= 0:
-            raise DLMError(f"gen_length must be >= 1, got {o.gen_length}")
-        if o.block_length <= 0 or o.gen_length % o.block_length != 0:
-            raise DLMError(f"gen_length ({o.gen_length}) must be a positive multiple of block_length ({o.block_length})")
-        num_blocks = o.gen_length // o.block_length
-        if o.steps <= 0 or o.steps % num_blocks != 0:
-            raise DLMError(
-                f"steps ({o.steps}) must be a positive multiple of the number of blocks "
-                f"({num_blocks} = gen_length {o.gen_length} / block_length {o.block_length})"
-            )
-        if o.temperature < 0:
-            raise DLMError(f"temperature must be >= 0, got {o.temperature}")
+        check_blocks(o)
+        check_steps(o)
+        check_sampling(o)
         if o.cfg_scale < 0:
             raise DLMError(f"cfg_scale must be >= 0, got {o.cfg_scale}")
-        if o.remasking not in ("low_confidence", "random"):
-            raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
         self.validate_eos_policy(model)
         if (o.logits_eos_inf or o.confidence_eos_eot_inf) and not model.facts.eos_ids:
             raise DLMError("logits_eos_inf / confidence_eos_eot_inf need an EOS id, and this model has none")
@@ -111,9 +133,7 @@ class LLaDASampler(Sampler):
         return self.opts.steps
 
     def start_block(self, state: DenoiseState, block: Block) -> None:
-        steps_per_block = self.opts.steps // (self.opts.gen_length // self.opts.block_length)
-        block_masks = state.mask_index[:, block.start:block.end].sum(dim=1)  # (B,)
-        self._schedule = transfer_schedule(block_masks, steps_per_block)  # (B, steps_per_block)
+        self._schedule = block_schedule(state, block, self.opts)  # (B, steps per block)
 
     def block_done(self, state: DenoiseState, block: Block) -> bool:
         return block.steps_taken == self._schedule.shape[1]
@@ -124,8 +144,7 @@ class LLaDASampler(Sampler):
         # differently, so window_logits=False reproduces the reference's full computation.)
         if not self.opts.window_logits:
             return 0
-        masked = state.mask_index[:, :block.end].any(dim=0).nonzero()
-        return int(masked[0]) if len(masked) else block.start
+        return state.first_masked(block.end, default=block.start)
 
     def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
         o, x = self.opts, state.x
