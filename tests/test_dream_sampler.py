@@ -100,6 +100,7 @@ def test_runs_on_llada_and_records_token_probs():
     (dict(top_k=0), "top_k must be >= 1"),
     (dict(eps=1.0), "eps must be in"),
     (dict(steps=0), "steps must be >= 1"),
+    (dict(steps=8_000_000_000), "more than 1,000,000"),
 ])
 def test_invalid_options_are_refused(bad, message):
     model = dlm.load("tiny-mdm-instruct")

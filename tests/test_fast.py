@@ -158,6 +158,7 @@ def test_factor_rule_counts_as_the_reference():
     (dict(block_length=5), "multiple of block_length"),
     (dict(steps=3, block_length=8), "multiple of the number of blocks"),
     (dict(eos_policy="early"), "eos_policy must be one of"),
+    (dict(steps=10**20), "more than 1,000,000"),
 ])
 def test_invalid_options_are_refused(bad, message):
     model = dlm.load("tiny-mdm-instruct")

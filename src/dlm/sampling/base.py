@@ -42,6 +42,15 @@ class Block:
     steps_taken: int = 0
 
 
+MAX_STEPS = 1_000_000  # every step is at least one forward pass; more is a typo, not a setting
+
+
+def check_step_count(steps: int) -> None:
+    """Refuse a step count beyond :data:`MAX_STEPS` before any per-step table is allocated."""
+    if steps > MAX_STEPS:
+        raise DLMError(f"steps ({steps}) is more than {MAX_STEPS:,}: every step is a forward pass")
+
+
 class DenoiseState:
     """Per-call state of a denoising run over a batch of left-padded prompts."""
 

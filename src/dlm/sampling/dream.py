@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -88,6 +88,7 @@ class DreamSampler(Sampler):
             raise DLMError(f"gen_length must be >= 1, got {o.gen_length}")
         if o.steps <= 0:
             raise DLMError(f"steps must be >= 1, got {o.steps}")
+        check_step_count(o.steps)
         if o.alg not in ALGS:
             raise DLMError(f"alg must be one of {', '.join(ALGS)}, got {o.alg!r}")
         if o.alg_temp is not None and o.alg_temp < 0:

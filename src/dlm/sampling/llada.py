@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count
 from dlm.sampling.output import token_probability
 
 
@@ -54,6 +54,7 @@ def check_blocks(o) -> None:
 def check_steps(o) -> None:
     """steps of LLaDA's schedule: a positive multiple of the number of blocks."""
     num_blocks = o.gen_length // o.block_length
+    check_step_count(o.steps)
     if o.steps <= 0 or o.steps % num_blocks != 0:
         raise DLMError(
             f"steps ({o.steps}) must be a positive multiple of the number of blocks "
