@@ -111,6 +111,10 @@ def save_adapter(model: DiffusionLM, out: str | Path, *, base: str, base_sha256:
             "config_removed": sorted(k for k in base_config if k not in config),
             "facts": {k: v for k, v in own.items() if base_f[k] != v}, "lora": lora}
     (out / ADAPTER_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if model.dsl is not None:
+        from dlm.models.dsl_io import save_adapter_dsl
+
+        save_adapter_dsl(model.dsl, out, trained_w=model.dsl.converter.backbone_embedding.weight.requires_grad)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(out))
     return out
@@ -182,4 +186,11 @@ def load_adapter(path: Path, device: torch.device, dtype: torch.dtype, merge: bo
         from dlm.models.lora_gate import gate_by_mask_token
 
         gate_by_mask_token(net, facts.resolve_mask_id())
-    return DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path).to(device=device, dtype=dtype).eval()
+    model = DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path).to(device=device, dtype=dtype).eval()
+    if "dlm_dsl" in meta["config"]:  # the adapter trained DSL modules (dsl.safetensors)
+        from dlm.models.dsl_io import load_adapter_dsl
+
+        model.attach_dsl(load_adapter_dsl(path, cfg["dlm_dsl"], model.input_embeddings().weight, facts.mask_id))
+    elif base.dsl is not None:  # an adapter over a DSL model keeps its modules
+        model.attach_dsl(base.dsl)
+    return model

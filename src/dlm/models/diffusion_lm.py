@@ -42,6 +42,28 @@ class DiffusionLM(nn.Module):
         self.config = config  # the raw config.json
         self.tokenizer = tokenizer
         self.path = str(path) if path is not None else None
+        self.dsl = None  # DSL modules (dlm.models.dsl.DSLModules) of a continuous-denoising model
+
+    def attach_dsl(self, dsl) -> None:
+        """Give the model DSL modules (a noise embedding and a converter): it becomes a DSL model."""
+        self.dsl = dsl.to(device=self.device)
+
+    def _base_net(self) -> nn.Module:
+        get_base = getattr(self.net, "get_base_model", None)  # a peft PeftModel (an adapter kept apart) wraps it
+        return get_base() if get_base is not None else self.net
+
+    def input_embeddings(self) -> nn.Embedding:
+        """The backbone's token embedding (the lookup ``inputs_embeds`` replaces)."""
+        net = self._base_net()
+        return net.model.transformer.wte if isinstance(net, LLaDAModelLM) else net.get_input_embeddings()
+
+    def output_head(self) -> nn.Module:
+        """The layer that maps hidden states to logits (the input embedding when they are tied)."""
+        net = self._base_net()
+        if isinstance(net, LLaDAModelLM):
+            tr = net.model.transformer
+            return tr.wte if net.config.weight_tying else tr.ff_out
+        return net.get_output_embeddings()
 
     @property
     def device(self) -> torch.device:
@@ -53,25 +75,28 @@ class DiffusionLM(nn.Module):
 
     @property
     def is_llada(self) -> bool:
-        get_base = getattr(self.net, "get_base_model", None)  # a peft PeftModel (an adapter kept apart) wraps it
-        return isinstance(get_base() if get_base is not None else self.net, LLaDAModelLM)
+        return isinstance(self._base_net(), LLaDAModelLM)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, L)
+        input_ids: torch.Tensor | None,  # (B, L); None with inputs_embeds
         attention_mask: torch.Tensor | None = None,  # (B, L)
         attention_bias: torch.Tensor | None = None,  # (B or 1, 1, L, L) additive; None = full attention
         logits_from: int = 0,  # return logits only for positions >= logits_from: (B, L - logits_from, V)
+        inputs_embeds: torch.Tensor | None = None,  # (B, L, D): vectors in place of the token embeddings (DSL)
     ) -> DenoiserOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if self.is_llada:
             return self.net(input_ids, attention_mask=attention_mask, attention_bias=attention_bias,
-                            logits_from=logits_from)
-        B, L = input_ids.shape
+                            logits_from=logits_from, inputs_embeds=inputs_embeds)
+        B, L = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         dtype = self.dtype
-        bias = full_attention_bias(attention_mask, B, L, dtype, input_ids.device)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        bias = full_attention_bias(attention_mask, B, L, dtype, device)
         if attention_bias is not None:
             bias = (bias + attention_bias.to(dtype)).clamp_min(torch.finfo(dtype).min)
         # shifted: aligned[i] = raw[i - 1] (i >= 1), aligned[0] = raw[0]
@@ -80,7 +105,8 @@ class DiffusionLM(nn.Module):
         # learned absolute positions (GPT-2 / DiffuGPT), harmless for RoPE (relative), and how
         # Dream numbers a padded batch.
         positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
-        raw = self.net(input_ids=input_ids, attention_mask=bias, position_ids=positions, use_cache=False,
+        tokens = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        raw = self.net(**tokens, attention_mask=bias, position_ids=positions, use_cache=False,
                        logits_to_keep=L - first_raw if first_raw else 0).logits  # (B, L - first_raw, V)
         if not self.facts.shifted:
             return DenoiserOutput(logits=raw)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from dlm.errors import CheckpointError, DLMError, first_line
 from dlm.models import dream
 from dlm.models.diffusion_lm import DiffusionLM
+from dlm.models.dsl import dsl_from_tensors, pop_dsl_tensors
 from dlm.models.llada import LLaDAConfig, LLaDAModelLM
 from dlm.models.locate import resolve_model_path
 from dlm.models.registry import FAMILIES, resolve_facts
@@ -282,6 +283,7 @@ def load_parsed(path: str | Path | None, dev: torch.device, torch_dtype: torch.d
     cfg = read_config(path)
     family = FAMILIES[cfg["model_type"]]
     tensors, origin = read_state_dict(path)
+    dsl_tensors = pop_dsl_tensors(tensors, origin)  # a DSL-LLaDA checkpoint's noise embedding and converter
     build = _build_llada if family.architecture == "llada" else _build_hf_causal
     net = build(path, cfg, tensors, origin, torch_dtype)
     del tensors
@@ -289,7 +291,11 @@ def load_parsed(path: str | Path | None, dev: torch.device, torch_dtype: torch.d
     vocab = net.config.padded_vocab_size if isinstance(net, LLaDAModelLM) else net.get_output_embeddings().weight.shape[0]
     facts = resolve_facts(cfg["model_type"], cfg, vocab, tokenizer, source=str(path / "config.json"))
     model = DiffusionLM(net, facts, cfg, tokenizer=tokenizer, path=path)
-    return model.to(device=dev, dtype=torch_dtype).eval()
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    if dsl_tensors:
+        wte = model.input_embeddings().weight
+        model.attach_dsl(dsl_from_tensors(dsl_tensors, wte.shape[0], wte.shape[1], str(path)))
+    return model
 
 
 def save_pretrained(model: DiffusionLM, out_dir: str | Path, max_shard_bytes: int | None = None,
@@ -302,6 +308,8 @@ def save_pretrained(model: DiffusionLM, out_dir: str | Path, max_shard_bytes: in
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.net.state_dict().items()}
     if not model.is_llada and getattr(model.net.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
+    if model.dsl is not None:  # the released DSL-LLaDA layout: top-level tensors beside the backbone's
+        state.update({k: v.contiguous().cpu() for k, v in model.dsl.state_tensors().items()})
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in state.items():

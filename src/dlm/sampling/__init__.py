@@ -15,11 +15,13 @@ from dlm.sampling.base import DenoiseState, Sampler, parse_options
 from dlm.sampling.output import GenerationOutput, make_generators
 from dlm.sampling.autoregressive import ARSampler
 from dlm.sampling.dream import DreamSampler
+from dlm.sampling.dsl import DSLSampler
 from dlm.sampling.fast import FastSampler
 from dlm.sampling.isd import ISDSampler
 from dlm.sampling.llada import LLaDASampler
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, FastSampler, DreamSampler, ARSampler, ISDSampler)}
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, FastSampler, DreamSampler, DSLSampler, ARSampler,
+                                                          ISDSampler)}
 
 
 def sampler_options(name: str) -> dict[str, object]:
@@ -34,9 +36,12 @@ def sampler_class(name: str) -> type[Sampler]:
 
 
 def default_sampler(model) -> str:
-    """``"isd"`` for introspective DLMs (I-DLM), ``"ar"`` for causal LMs, ``"llada"`` for diffusion models."""
+    """``"isd"`` for introspective DLMs (I-DLM), ``"ar"`` for causal LMs, ``"dsl"`` for DSL models,
+    ``"llada"`` for other diffusion models."""
     if model.facts.introspective and "isd" in SAMPLERS:
         return "isd"
+    if getattr(model, "dsl", None) is not None:
+        return "dsl"
     return "ar" if model.facts.causal else "llada"
 
 

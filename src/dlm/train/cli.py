@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     t.add_argument("--objective", choices=OBJECTIVES, default="mdm",
                    help="causal: next-token LM; mdm: masked-diffusion ELBO; a2d: AR -> diffusion adaptation; "
                         "idlm: introspective training of a causal LM (I-DLM: [x_t | x_0] input, N - 1 mask slots "
-                        "per block draft the next tokens; decoded by the isd sampler)")
+                        "per block draft the next tokens; decoded by the isd sampler); dsl: continuous denoising "
+                        "(DSL-LLaDA: noisy embeddings through a converter; decoded by the dsl sampler)")
     t.add_argument("--task", choices=["pretrain", "sft"], default="pretrain",
                    help="pretrain on packed text (the model is saved without a chat template), or SFT on "
                         "(description -> synopsis) pairs in the chat template (saved with the model)")
@@ -69,6 +70,17 @@ def add_parser(sub) -> None:
     t.add_argument("--clean-weight", default=None, metavar="A|auto",
                    help="idlm: weight a of the clean-token CE in L_mask + a L_clean, or auto = L_mask / L_clean "
                         "(no gradient through the ratio); default as the reference: 0.2 for strides 2-3, auto from 4")
+    t.add_argument("--dsl-noise-dim", type=int, default=100, metavar="D",
+                   help="dsl: dimension d of the noise embedding E (default 100, as the released checkpoints)")
+    t.add_argument("--dsl-seed", type=int, default=42, help="dsl: seed of E's random unit rows (default 42)")
+    t.add_argument("--dsl-beta", type=float, default=1.0, help="dsl: the converter's initial beta (default 1.0)")
+    t.add_argument("--dsl-train-converter-weight", action="store_true",
+                   help="dsl with --lora: train the converter's W (d_model x V+1) too; by default it keeps its "
+                        "initialisation (the base's input embedding), and the adapter stays small")
+    t.add_argument("--dsl-converter-grad-scale", type=float, default=1.0, metavar="X",
+                   help="dsl: multiply the converter's gradients by X (most reference scripts: 25)")
+    t.add_argument("--dsl-snr-per-sequence", action="store_true",
+                   help="dsl: one log-normal SNR per sequence (the reference's core copy) instead of per token")
     t.add_argument("--arch", choices=ARCHS, default=None, help="architecture of a new model (default llada)")
     t.add_argument("--tokenizer", default=None,
                    help="tokenizer directory of a new model (default: the shipped data/tokenizer)")
@@ -149,6 +161,9 @@ def cmd_train(args) -> int:
         lora_dropout=0.0 if args.lora_dropout is None else args.lora_dropout,
         lora_targets=None if args.lora_targets is None else [t.strip() for t in args.lora_targets.split(",")],
         stride=args.stride, stride_schedule=args.stride_schedule, lora_mask_slots_only=args.lora_mask_slots_only,
+        dsl_noise_dim=args.dsl_noise_dim, dsl_seed=args.dsl_seed, dsl_beta=args.dsl_beta,
+        dsl_train_converter_weight=args.dsl_train_converter_weight,
+        dsl_converter_grad_scale=args.dsl_converter_grad_scale, dsl_per_token_snr=not args.dsl_snr_per_sequence,
         clean_weight=None if args.clean_weight is None else parse_clean_weight(args.clean_weight))
     result = Trainer(cfg).train()
     if not result["main_process"]:

@@ -17,7 +17,7 @@ DEFAULT_WARMUP = 100  # steps; runs shorter than 10 x this warm up over a tenth 
 @dataclass
 class TrainConfig:
     out: str
-    objective: str = "mdm"  # causal | mdm | a2d | idlm
+    objective: str = "mdm"  # causal | mdm | a2d | idlm | dsl
     task: str = "pretrain"  # pretrain (packed text) | sft (summarisation pairs)
     init: str | None = None  # checkpoint dir to start from; None = a new model of `arch` and `size`
     arch: str = "llada"
@@ -55,6 +55,12 @@ class TrainConfig:
     stride_schedule: str | None = None  # idlm: "N:STEP,N:STEP" - stride N from optimizer step STEP on
     clean_weight: float | str | None = None  # idlm: weight of L_clean or "auto"; None = 0.2 for N <= 3, else auto
     lora_mask_slots_only: bool = False  # idlm with --lora: the adapter acts at mask slots only (R-ISD)
+    dsl_noise_dim: int = 100  # dsl: d of the noise embedding E (dlm.train.dsl)
+    dsl_seed: int = 42  # dsl: seed of E (and of the converter's bias c)
+    dsl_beta: float = 1.0  # dsl: the converter's initial beta (the released Beta1: 1.0)
+    dsl_train_converter_weight: bool = False  # dsl with --lora: train W too (saved: (d_model, V + 1) floats)
+    dsl_converter_grad_scale: float = 1.0  # dsl: multiply the converter's gradients (reference scripts: 25)
+    dsl_per_token_snr: bool = True  # dsl: log-normal SNR per token (False: one per sequence, the core copy)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -97,6 +103,28 @@ class TrainConfig:
             raise DLMError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         self._validate_lora()
         self._validate_idlm()
+        self._validate_dsl()
+
+    def _validate_dsl(self) -> None:
+        defaults = {"dsl_noise_dim": 100, "dsl_seed": 42, "dsl_beta": 1.0, "dsl_train_converter_weight": False,
+                    "dsl_converter_grad_scale": 1.0, "dsl_per_token_snr": True}
+        given = [f"--{k.replace('_', '-')}" for k, unset in defaults.items() if getattr(self, k) != unset]
+        if self.objective != "dsl":
+            if given:
+                raise DLMError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --objective dsl")
+            return
+        if self.init is None:
+            raise DLMError("--objective dsl adapts a masked diffusion model: pass --init MODEL (e.g. smol-a2d-instruct)")
+        if not 1 <= self.dsl_noise_dim <= 4096:
+            raise DLMError(f"--dsl-noise-dim must be in [1, 4096], got {self.dsl_noise_dim}")
+        for name in ("dsl_beta", "dsl_converter_grad_scale"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise DLMError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.dsl_train_converter_weight and self.lora is None:
+            raise DLMError("--dsl-train-converter-weight is for --lora runs (a full run trains the converter's W anyway)")
+        if self.anneal_steps:
+            raise DLMError("--anneal-steps is for a2d")
 
     def _validate_lora(self) -> None:
         if self.lora is None:
@@ -207,5 +235,8 @@ def settings_json(cfg: TrainConfig) -> dict:
             d.pop(key)
     if cfg.objective != "idlm":  # recorded only for idlm runs, so runs from before it still resume
         for key in ("stride", "stride_schedule", "clean_weight", "lora_mask_slots_only"):
+            d.pop(key)
+    if cfg.objective != "dsl":
+        for key in [k for k in d if k.startswith("dsl_")]:
             d.pop(key)
     return d

@@ -20,6 +20,8 @@ class Evaluation:
             return causal_lm_loss(self.trainable, batch)
         if objective == "idlm":
             return self.idlm.loss(self.trainable, batch, step)
+        if objective == "dsl":
+            return self.dsl.loss(self.trainable, batch, self.facts.shifted, generator)
         return diffusion_loss(self.trainable, batch, mask_id=self.facts.mask_id, shifted=self.facts.shifted,
                               objective=objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
 
@@ -28,7 +30,7 @@ class Evaluation:
         """Mean loss over the first ``eval_batches`` validation batches with fixed noise (seed 1234):
         the causal CE, or for every diffusion objective (a2d included) the same per-token
         masked-diffusion ELBO with full attention, in nats - comparable across models; idlm: its own
-        loss at the final stride (L_mask and L_clean go to the log)."""
+        loss at the final stride (L_mask and L_clean go to the log); dsl: its own CE under fixed noise."""
         cfg = self.cfg
         self.trainable.eval()
         g = torch.Generator(device=self.acc.device).manual_seed(1234)
@@ -38,7 +40,7 @@ class Evaluation:
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n))
             if len(idx) == 0:
                 break
-            objective = cfg.objective if cfg.objective in CAUSAL_OBJECTIVES else "mdm"
+            objective = cfg.objective if cfg.objective in (*CAUSAL_OBJECTIVES, "dsl") else "mdm"
             losses.append(float(self._loss(self._batch(self.val_data, idx), step=0, generator=g, objective=objective)))
         self.trainable.train()
         return sum(losses) / max(1, len(losses))

@@ -58,6 +58,11 @@ class Finishing:
                 (self.out / "chat_template.jinja").unlink(missing_ok=True)  # a continued SFT model's
         if self.idlm is not None:
             finish_config(self.model.config, cfg)
+        if self.dsl is not None:
+            from dlm.models.dsl_io import CONFIG_KEY, dsl_config
+
+            trained_w = self.model.dsl.converter.backbone_embedding.weight.requires_grad
+            self.model.config[CONFIG_KEY] = dsl_config(self.model.dsl, cfg.dsl_seed, trained_w)
         self.model.path = None
         staged = self.out / "final.tmp"  # written whole, then each file moved into place (OUT may hold a model)
         if staged.exists():

@@ -17,7 +17,9 @@ def write_model_card(out: Path, run: dict, model) -> Path:
     warmup = run.get("warmup_steps", cfg["warmup_steps"])  # the steps used (the setting may be the default)
     kind = {"causal": "causal (autoregressive) language model",
             "mdm": "masked diffusion language model", "a2d": "diffusion language model adapted from an AR model",
-            "idlm": "introspective diffusion language model (I-DLM: causal, mask slots draft ahead)"}
+            "idlm": "introspective diffusion language model (I-DLM: causal, mask slots draft ahead)",
+            "dsl": "continuous-denoising diffusion language model (DSL: noisy embeddings through a converter; "
+                   "decode with `--sampler dsl`)"}
     lines = [
         f"# {name}",
         "",

@@ -25,6 +25,7 @@ from dlm.resources import cpu_has_bf16
 from dlm.train.build import check_training_length, load_for_training, new_model
 from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, warmup_steps
 from dlm.train.data import BatchStream
+from dlm.train.dsl import DSLObjective
 from dlm.train.idlm import IDLMObjective
 from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio
@@ -84,6 +85,9 @@ class Trainer(Checkpointing, RunData, Evaluation, Finishing):
                 (enable or self.model.net.gradient_checkpointing_enable)()
         if self.lora is not None:  # the base's layers get their adapters (the trained ones to continue a run)
             self.lora.apply(self.model, self.out if self.plan.kind == "continue" else None)
+        self.dsl = DSLObjective(cfg) if cfg.objective == "dsl" else None
+        if self.dsl is not None:  # noise embedding + converter attached, head and E frozen
+            self.dsl.prepare(self.model, lora=self.lora is not None)
         memory = check_training_length(self.model, cfg.seq_len, cfg.batch_size, cfg.gradient_checkpointing,
                                        self.acc.device, new=cfg.init is None and self.plan.kind != "continue")
         # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run
