@@ -9,12 +9,13 @@
 from dlm.diffusion import acceptance_rate, loglikelihood, masked_diffusion_loss
 from dlm.errors import CheckpointError, DLMError
 from dlm.models import DiffusionLM, ModelFacts, load, save_pretrained
+from dlm.repair import RepairOutput, repair
 from dlm.sampling import SAMPLERS, GenerationOutput, generate, sampler_options
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAMPLERS", "CheckpointError", "DLMError", "DiffusionLM", "GenerationOutput", "ModelFacts", "__version__",
-    "acceptance_rate", "generate", "load", "loglikelihood", "masked_diffusion_loss", "sampler_options",
-    "save_pretrained",
+    "RepairOutput", "acceptance_rate", "generate", "load", "loglikelihood", "masked_diffusion_loss", "repair",
+    "sampler_options", "save_pretrained",
 ]

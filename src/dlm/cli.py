@@ -285,12 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     from dlm.bench.cli import add_parser as add_bench
     from dlm.data.cli import add_parser as add_data
     from dlm.eval.cli import add_parser as add_eval
+    from dlm.repair_cli import add_parser as add_repair
     from dlm.train.cli import add_parser as add_train
 
     add_train(sub)
     add_data(sub)
     add_eval(sub)
     add_bench(sub)
+    add_repair(sub)
     return p
 
 

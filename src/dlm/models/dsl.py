@@ -74,8 +74,9 @@ class Converter(nn.Module):
         E = self.noise_embed[0].weight.float()  # (V, d)
         K = torch.cat([E, E.new_zeros(1, E.shape[1])], dim=0)  # (V + 1, d)
         b = self.beta.float() if beta is None else beta
-        logits = b * (z.float() @ K.T) + self.logit_bias.float()  # (B, L, V + 1)
-        return F.softmax(logits, dim=-1)
+        with torch.autocast(z.device.type, enabled=False):  # float32 even under mixed precision, as the reference
+            logits = b * (z.float() @ K.T) + self.logit_bias.float()  # (B, L, V + 1)
+            return F.softmax(logits, dim=-1)
 
     def forward(self, z: torch.Tensor, beta: float | torch.Tensor | None = None) -> torch.Tensor:
         p = self.token_probs(z, beta)
