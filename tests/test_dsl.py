@@ -122,7 +122,7 @@ def test_sampler_nfe_history_and_determinism(request, which):
                        output_history=True)
     assert out.nfe == 9  # 4 Heun steps x 2 passes + the readout
     assert out.stats["heun_steps"] == 4 and out.stats["noise_scale"] == 0.1
-    assert out.stats["beta"] == pytest.approx(2 * float(model.dsl.converter.beta))
+    assert out.stats["beta"] == pytest.approx(2 * float(model.dsl.converter.beta.detach()))
     assert out.history.shape == (6, 1, 14)  # start, 4 steps, readout
     assert torch.equal(out.history[-1], out.sequences.cpu())
     assert not (out.sequences[:, 4:] == model.facts.mask_id).any()
@@ -135,7 +135,7 @@ def _ode_reference(model, ids, steps, gen_length, seed):
     """The probability-flow ODE written out directly: y' = (x_hat(y, s) - y) / s, Heun steps."""
     dsl, P = model.dsl, ids.shape[1]
     E = dsl.noise_embed.weight.float()
-    beta = 2 * float(dsl.converter.beta)
+    beta = 2 * float(dsl.converter.beta.detach())
     gen = torch.Generator().manual_seed(seed)
     y = F.normalize(torch.randn(1, gen_length, dsl.noise_dim, generator=gen), dim=-1)
     pe = model.input_embeddings()(ids)
@@ -201,8 +201,9 @@ def test_sample_snr_mixture():
     assert bool((rest.std(1) > 0).all())  # per token
     torch.manual_seed(0)
     per_seq = sample_snr(400, 32, per_token=False)
-    logn = per_seq[~((per_seq.max(1).values > 50) & (per_seq.min(1).values < 1))]
-    assert bool((logn == logn[:, :1]).all())
+    constant = (per_seq == per_seq[:, :1]).all(1)
+    assert float(constant.float().mean()) > 0.8  # one log-normal SNR per sequence (ROAR rows vary)
+    assert float((s == s[:, :1]).all(1).float().mean()) < 0.05
 
 
 def test_dsl_loss_trains_the_converter_not_e_or_head(shifted_dsl):
@@ -251,3 +252,15 @@ def test_dsl_options_need_the_objective():
         from dlm.train.build import for_objective
 
         for_objective(dlm.load("tiny-ar"), "dsl", "tiny-ar")
+
+
+def test_data_under_a_hidden_folder_is_found(tmp_path):
+    # a checkout inside a hidden folder (e.g. ~/.work/dlm) found no eval data: only folders below the data
+    # path are skipped when hidden
+    from dlm.eval.datafiles import split_files
+
+    data = tmp_path / ".hidden" / "debian"
+    (data / ".cache").mkdir(parents=True)
+    (data / "test.jsonl").write_text('{"a": 1}\n')
+    (data / ".cache" / "test.jsonl").write_text('{"a": 2}\n')
+    assert split_files(data, "test") == [data / "test.jsonl"]

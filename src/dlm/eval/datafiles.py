@@ -41,7 +41,9 @@ def split_files(path: str | Path, split: str) -> list[Path]:
         if not _is_data_file(path):
             raise DLMError(f"{path}: unsupported data file (expected one of {', '.join(SUFFIXES)})")
         return [path]
-    files = sorted(p for p in path.rglob("*") if _is_data_file(p) and not any(part.startswith(".") for part in p.parts))
+    # hidden files and folders below ``path`` are skipped (not the folders above it: a checkout may live in one)
+    files = sorted(p for p in path.rglob("*")
+                   if _is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(path).parts))
     # a file belongs to the split when the split name is a path component or a file-name prefix
     chosen = [p for p in files if split in p.relative_to(path).parts[:-1]
               or p.name.split(".")[0].split("-")[0] == split]
