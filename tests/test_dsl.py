@@ -264,3 +264,18 @@ def test_data_under_a_hidden_folder_is_found(tmp_path):
     (data / "test.jsonl").write_text('{"a": 1}\n')
     (data / ".cache" / "test.jsonl").write_text('{"a": 2}\n')
     assert split_files(data, "test") == [data / "test.jsonl"]
+
+
+def test_continuing_a_finished_lora_dsl_run_keeps_its_converter(tmp_path):
+    from dlm.train.config import TrainConfig
+    from dlm.train.trainer import Trainer
+
+    out = tmp_path / "dsl"
+    kw = dict(out=str(out), objective="dsl", task="sft", init="tiny-a2d-instruct", batch_size=2, eval_every=2,
+              eval_batches=1, save_every=2, dsl_noise_dim=8, lr=1e-2, progress=False, lora=4)
+    Trainer(TrainConfig(max_steps=2, **kw)).train()
+    first = dlm.load(out).dsl.state_tensors()
+    trainer = Trainer(TrainConfig(max_steps=3, continue_finished=True, **kw))
+    assert torch.equal(trainer.model.dsl.converter.logit_bias.detach(), first["converter.logit_bias"])
+    trainer.train()
+    assert not torch.equal(dlm.load(out).dsl.state_tensors()["converter.logit_bias"], first["converter.logit_bias"])

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.models.dsl import new_dsl
+from dlm.models.dsl_io import CONFIG_KEY, DSL_FILE, load_adapter_dsl
 
 ROAR_FRACTION = 10  # one sequence in ten gets a smoothed ROAR draw
 LOGNORMAL_MU, LOGNORMAL_SIGMA, LOGNORMAL_MAX = 1.69, 0.9, 40.0
@@ -82,8 +83,12 @@ class DSLObjective:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def prepare(self, model, lora: bool) -> None:
+    def prepare(self, model, lora: bool, trained=None) -> None:
+        """``trained``: a finished LoRA run's directory (--continue-finished), whose dsl.safetensors is reloaded."""
         cfg = self.cfg
+        if model.dsl is None and trained is not None and (trained / DSL_FILE).exists():
+            record = model.config.get(CONFIG_KEY)
+            model.attach_dsl(load_adapter_dsl(trained, record, model.input_embeddings().weight, model.facts.mask_id))
         if model.dsl is None:
             wte = model.input_embeddings().weight
             model.attach_dsl(new_dsl(wte, model.facts.mask_id, cfg.dsl_noise_dim, cfg.dsl_seed, cfg.dsl_beta))

@@ -87,7 +87,8 @@ class Trainer(Checkpointing, RunData, Evaluation, Finishing):
             self.lora.apply(self.model, self.out if self.plan.kind == "continue" else None)
         self.dsl = DSLObjective(cfg) if cfg.objective == "dsl" else None
         if self.dsl is not None:  # noise embedding + converter attached, head and E frozen
-            self.dsl.prepare(self.model, lora=self.lora is not None)
+            trained = self.out if self.lora is not None and self.plan.kind == "continue" else None
+            self.dsl.prepare(self.model, lora=self.lora is not None, trained=trained)
         memory = check_training_length(self.model, cfg.seq_len, cfg.batch_size, cfg.gradient_checkpointing,
                                        self.acc.device, new=cfg.init is None and self.plan.kind != "continue")
         # Noise (mask ratios, masks, annealed attention) comes from the global RNG: seeded per run
