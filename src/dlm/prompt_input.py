@@ -11,11 +11,12 @@ from pathlib import Path
 from dlm.errors import DLMError
 
 
-def parse_ids(text: str) -> list[int]:
+def parse_ids(text: str, what: str = "--prompt-ids") -> list[int]:
+    """Token ids typed as ``1,2,3`` or ``1 2 3`` (``what``: the option, for the error message)."""
     try:
         return [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise DLMError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
+        raise DLMError(f"{what} must be integers separated by commas or spaces, got {text!r}") from None
 
 
 def _utf8_arg(text: str, what: str) -> str:

@@ -133,6 +133,12 @@ def _check_inputs(model, input_ids, attention_mask, keep, passes):
     return ids.to(model.device), mask, fixed, passes
 
 
+def leading_token(model) -> int:
+    """The token a text is read behind (kept, never scored): BOS, else the first stop id. A shifted model
+    has no prediction for the first position, so a text's own first token needs one before it."""
+    return model.facts.bos_id if model.facts.bos_id is not None else model.facts.stop_ids[0]
+
+
 @torch.no_grad()
 def repair(model, input_ids, attention_mask=None, passes: int = 1, keep=None,
            return_dict: bool = False) -> torch.Tensor | RepairOutput:
@@ -166,16 +172,13 @@ def repair(model, input_ids, attention_mask=None, passes: int = 1, keep=None,
 
 # -- the input embedding and its nearest neighbours ----------------------------------------------
 def input_embedding_weight(model) -> torch.Tensor:
-    """The backbone's input embedding matrix (rows, d_model): ``model.input_embeddings()`` when the
-    model has it, else ``net.model.transformer.wte`` for dlm's LLaDA and ``net.get_input_embeddings()``
-    for ``transformers`` models (under a PEFT wrapper: its base model's)."""
+    """The backbone's input embedding matrix (rows, d_model): ``model.input_embeddings()``, or
+    :meth:`DiffusionLM.input_embeddings` for an object that shadows it (dlm's LLaDA ``wte``, a
+    ``transformers`` model's input embeddings, under a PEFT wrapper its base model's)."""
+    from dlm.models.diffusion_lm import DiffusionLM
+
     method = getattr(model, "input_embeddings", None)
-    if callable(method):
-        emb = method()
-    else:
-        get_base = getattr(model.net, "get_base_model", None)
-        net = get_base() if get_base is not None else model.net
-        emb = net.model.transformer.wte if model.is_llada else net.get_input_embeddings()
+    emb = method() if callable(method) else DiffusionLM.input_embeddings(model)
     weight = emb if isinstance(emb, torch.Tensor) else getattr(emb, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise DLMError(f"cannot find the input embedding matrix of {model.path or 'this model'}")

@@ -25,10 +25,9 @@ EPILOG = ("Output: the repaired text, the input with each changed token marked o
 
 
 def _parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(",", " ").split()]
-    except ValueError:
-        raise DLMError(f"--ids must be integers separated by commas or spaces, got {text!r}") from None
+    from dlm.prompt_input import parse_ids
+
+    ids = parse_ids(text, "--ids")
     if not ids:
         raise DLMError("--ids is empty: there is nothing to repair")
     return ids
@@ -90,7 +89,7 @@ def _diff(model, before: list[int], after: list[int]) -> str:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     import dlm
-    from dlm.repair import check_passes, repair
+    from dlm.repair import check_passes, leading_token, repair
 
     # everything that can be checked without the model is checked before it loads
     passes = check_passes(args.passes, "--passes")
@@ -105,8 +104,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         ids = [int(i) for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
         if not ids:
             raise DLMError("the text has no tokens: there is nothing to repair")
-        bos = model.facts.bos_id if model.facts.bos_id is not None else model.facts.stop_ids[0]
-        ids, added_bos = [bos] + ids, True
+        ids, added_bos = [leading_token(model)] + ids, True
     else:
         bad = [i for i in ids if not 0 <= i < V]
         if bad:

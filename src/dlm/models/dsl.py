@@ -59,14 +59,15 @@ def tensor_sha256(t: torch.Tensor) -> str:
 class Converter(nn.Module):
     """z (B, L, d) -> h (B, L, d_model): beta-scaled similarities to [E; 0], softmax, then W p + c."""
 
-    def __init__(self, noise_embed: nn.Embedding, d_model: int, beta: float = 1.0):
+    def __init__(self, noise_embed: nn.Embedding, W: torch.Tensor, c: torch.Tensor, beta: torch.Tensor,
+                 logit_bias: torch.Tensor):
         super().__init__()
-        V = noise_embed.weight.shape[0]
         self.noise_embed = [noise_embed]  # shared with DSLModules, not registered twice
-        self.backbone_embedding = nn.Linear(V + 1, d_model, bias=True)  # W (d_model, V + 1), c (d_model,)
-        self.beta = nn.Parameter(torch.tensor(float(beta)))
-        logit_bias = torch.zeros(V + 1)
-        logit_bias[-1] = math.log(V)  # pure noise reads as the extra (mask) slot
+        V1, d_model = W.shape[1], W.shape[0]
+        self.backbone_embedding = nn.Linear(V1, d_model, device="meta")  # W (d_model, V + 1), c (d_model,): adopted
+        self.backbone_embedding.weight = nn.Parameter(W)
+        self.backbone_embedding.bias = nn.Parameter(c)
+        self.beta = nn.Parameter(beta)
         self.logit_bias = nn.Parameter(logit_bias)
 
     def token_probs(self, z: torch.Tensor, beta: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -84,15 +85,16 @@ class Converter(nn.Module):
 
 
 class DSLModules(nn.Module):
-    """What DSL adds to a diffusion model: E, the converter and log(s_max)."""
+    """What DSL adds to a diffusion model: E, the converter and log(s_max), built from their tensors (float32,
+    adopted as they are: no random initialisation to overwrite)."""
 
-    def __init__(self, vocab_size: int, d_model: int, noise_dim: int = NOISE_DIM, beta: float = 1.0,
-                 snr_max: float = SNR_MAX):
+    def __init__(self, E: torch.Tensor, W: torch.Tensor, c: torch.Tensor, beta: torch.Tensor,
+                 logit_bias: torch.Tensor, log_snr_max: torch.Tensor):
         super().__init__()
-        self.noise_embed = nn.Embedding(vocab_size, noise_dim)
-        self.noise_embed.weight.requires_grad_(False)
-        self.converter = Converter(self.noise_embed, d_model, beta)
-        self.log_snr_max = nn.Parameter(torch.tensor(math.log(snr_max)), requires_grad=False)
+        self.noise_embed = nn.Embedding.from_pretrained(E.float(), freeze=True)  # (V, d)
+        self.converter = Converter(self.noise_embed, W.float(), c.float(), beta.float().reshape(()),
+                                   logit_bias.float())
+        self.log_snr_max = nn.Parameter(log_snr_max.float().reshape(()), requires_grad=False)
 
     @property
     def vocab_size(self) -> int:
@@ -169,32 +171,39 @@ def dsl_from_tensors(tensors: dict[str, torch.Tensor], vocab_size: int, d_model:
     for k, shape in want.items():
         if k in tensors and tuple(tensors[k].shape) != shape:
             raise CheckpointError(f"{where}: {k} has shape {tuple(tensors[k].shape)}, expected {shape}")
-    dsl = DSLModules(V, d_model, d)
-    with torch.no_grad():
-        dsl.noise_embed.weight.copy_(E.float())
-        conv = dsl.converter
-        conv.beta.copy_(tensors["converter.beta"].float())
-        conv.logit_bias.copy_(tensors["converter.logit_bias"].float())
-        conv.backbone_embedding.weight.copy_(tensors["converter.backbone_embedding.weight"].float())
-        conv.backbone_embedding.bias.copy_(tensors["converter.backbone_embedding.bias"].float())
-        if "log_snr_max" in tensors:
-            dsl.log_snr_max.copy_(tensors["log_snr_max"].float())
-    return dsl
+    log_snr_max = tensors.get("log_snr_max", torch.tensor(math.log(SNR_MAX)))
+    return DSLModules(E, tensors["converter.backbone_embedding.weight"], tensors["converter.backbone_embedding.bias"],
+                      tensors["converter.beta"], tensors["converter.logit_bias"], log_snr_max)
+
+
+def initial_converter_weight(input_embedding: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """W (d_model, V + 1) as DSL initialises it: the backbone's input embedding, the mask row in the extra slot."""
+    wte = input_embedding.detach().float()  # (V, d_model)
+    return torch.cat([wte, wte[mask_id:mask_id + 1]], dim=0).T.contiguous()
+
+
+def initial_tensors(input_embedding: torch.Tensor, mask_id: int, noise_dim: int = NOISE_DIM, seed: int = NOISE_SEED,
+                    beta: float = 1.0, snr_max: float = SNR_MAX) -> dict[str, torch.Tensor]:
+    """The released layout's tensors of fresh DSL modules for a backbone with input embedding (V, d_model):
+    E from ``seed``, W from :func:`initial_converter_weight`, c drawn as nn.Linear initialises a bias (from
+    ``seed + 1``), b = log V at the extra slot, log(s_max)."""
+    V, d_model = input_embedding.shape
+    gen = torch.Generator().manual_seed(seed + 1)
+    bound = 1 / math.sqrt(V + 1)  # nn.Linear's default bias range
+    logit_bias = torch.zeros(V + 1)
+    logit_bias[-1] = math.log(V)  # pure noise reads as the extra (mask) slot
+    return {"noise_embed.weight": noise_embedding(V, noise_dim, seed),
+            "converter.beta": torch.tensor(float(beta)),
+            "converter.logit_bias": logit_bias,
+            "converter.backbone_embedding.weight": initial_converter_weight(input_embedding, mask_id),
+            "converter.backbone_embedding.bias": torch.rand(d_model, generator=gen) * 2 * bound - bound,
+            "log_snr_max": torch.tensor(math.log(snr_max))}
 
 
 def new_dsl(input_embedding: torch.Tensor, mask_id: int, noise_dim: int = NOISE_DIM, seed: int = NOISE_SEED,
             beta: float = 1.0, snr_max: float = SNR_MAX) -> DSLModules:
-    """Fresh DSL modules for a backbone with input embedding (V, d_model) and mask token ``mask_id``:
-    E from ``seed``, W = [wte^T | wte[mask]], c as nn.Linear initialises it (under the same seed), b = log V
-    at the extra slot."""
+    """Fresh DSL modules for a backbone with input embedding (V, d_model) and mask token ``mask_id``
+    (:func:`initial_tensors`)."""
     V, d_model = input_embedding.shape
-    dsl = DSLModules(V, d_model, noise_dim, beta, snr_max)
-    with torch.no_grad():
-        dsl.noise_embed.weight.copy_(noise_embedding(V, noise_dim, seed))
-        gen = torch.Generator().manual_seed(seed + 1)
-        bound = 1 / math.sqrt(V + 1)  # nn.Linear's default bias range
-        dsl.converter.backbone_embedding.bias.copy_(torch.rand(d_model, generator=gen) * 2 * bound - bound)
-        W = dsl.converter.backbone_embedding.weight
-        W[:, :V] = input_embedding.detach().float().T
-        W[:, V] = input_embedding.detach().float()[mask_id]
-    return dsl
+    return dsl_from_tensors(initial_tensors(input_embedding, mask_id, noise_dim, seed, beta, snr_max), V, d_model,
+                            "new DSL modules")

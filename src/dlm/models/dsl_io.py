@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dlm.errors import CheckpointError, first_line
-from dlm.models.dsl import DSLModules, dsl_from_tensors, new_dsl, noise_embedding, tensor_sha256
+from dlm.models.dsl import DSLModules, dsl_from_tensors, initial_converter_weight, noise_embedding, tensor_sha256
 
 DSL_FILE = "dsl.safetensors"
 CONFIG_KEY = "dlm_dsl"
@@ -57,21 +57,19 @@ def load_adapter_dsl(path: Path, record: Any, input_embedding: torch.Tensor, mas
         raise CheckpointError(f"{file}: cannot read weights ({first_line(e)})") from None
     if mask_id is None:
         raise CheckpointError(f"{where}: the model has no mask id, needed for the converter's extra slot")
+    missing = [k for k in ("converter.beta", "converter.logit_bias", "converter.backbone_embedding.bias")
+               if k not in tensors]
+    if missing:
+        raise CheckpointError(f"{file}: tensor '{missing[0]}' is missing")
     V, d_model = input_embedding.shape
-    E = tensors.get("noise_embed.weight")
-    if E is None:
+    if "noise_embed.weight" not in tensors:
         E = noise_embedding(V, record["noise_dim"], record["noise_seed"])
         want = record.get("noise_sha256")
         if want is not None and tensor_sha256(E) != want:
             raise CheckpointError(f"{where}: the noise embedding rebuilt from seed {record['noise_seed']} differs from "
                                   "the one it was trained with (noise_sha256): this torch draws another random stream; "
                                   f"store it as noise_embed.weight in {DSL_FILE}")
-    fresh = new_dsl(input_embedding, mask_id, record["noise_dim"], record["noise_seed"])
-    full = fresh.state_tensors()
-    full["noise_embed.weight"] = E
-    missing = [k for k in ("converter.beta", "converter.logit_bias", "converter.backbone_embedding.bias")
-               if k not in tensors]
-    if missing:
-        raise CheckpointError(f"{file}: tensor '{missing[0]}' is missing")
-    full.update(tensors)
-    return dsl_from_tensors(full, V, d_model, str(file))
+        tensors["noise_embed.weight"] = E
+    if "converter.backbone_embedding.weight" not in tensors:  # frozen at its initialisation: rebuilt from the base
+        tensors["converter.backbone_embedding.weight"] = initial_converter_weight(input_embedding, mask_id)
+    return dsl_from_tensors(tensors, V, d_model, str(file))

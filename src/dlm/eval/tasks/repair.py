@@ -41,11 +41,15 @@ from dlm.errors import DLMError
 from dlm.eval.tasks.base import Example, Task
 
 
+def _positions(rng: np.random.RandomState, n: int, rate: float) -> list[int]:
+    """The sorted positions to corrupt: ``max(1, floor(n rate))`` of ``n``, drawn without replacement."""
+    return sorted(rng.choice(n, max(1, int(n * rate)), replace=False).tolist())
+
+
 def corrupt_tokens(tokens: list[int], rate: float, seed: int, low: int, high: int) -> tuple[list[int], list[int]]:
     """(corrupted tokens, sorted corrupted positions) - the reference's draws, in its order."""
     rng = np.random.RandomState(seed)
-    n = len(tokens)
-    positions = sorted(rng.choice(n, max(1, int(n * rate)), replace=False).tolist())
+    positions = _positions(rng, len(tokens), rate)
     corrupted = list(tokens)
     for pos in positions:
         new = rng.randint(low, high)
@@ -61,8 +65,7 @@ def corrupt_tokens_semantic(tokens: list[int], rate: float, seed: int,
     then per position one of ``neighbours[token]`` by ``randint(0, len)`` (the reference's
     ``corrupt_tokens_semantic``)."""
     rng = np.random.RandomState(seed)
-    n = len(tokens)
-    positions = sorted(rng.choice(n, max(1, int(n * rate)), replace=False).tolist())
+    positions = _positions(rng, len(tokens), rate)
     corrupted = list(tokens)
     for pos in positions:
         near = neighbours[tokens[pos]]
@@ -188,10 +191,10 @@ class Repair(Task):
 
     def _predict(self, model, rows: list[list[int]], passes: int) -> list[list[int]]:
         """Each row after ``passes`` repair passes (:func:`dlm.repair.repair`), read behind a kept BOS."""
-        from dlm.repair import repair
+        from dlm.repair import leading_token, repair
         from dlm.sampling.batching import left_pad
 
-        bos = model.facts.bos_id if model.facts.bos_id is not None else model.facts.stop_ids[0]
+        bos = leading_token(model)
         ids, mask = left_pad(model, [[bos] + r for r in rows])  # (B, 1 + n)
         first = ids.shape[1] - torch.tensor([len(r) + 1 for r in rows])  # (B,) BOS positions
         keep = torch.arange(ids.shape[1])[None] == first[:, None]  # the BOS (padding never changes)
