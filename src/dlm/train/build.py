@@ -128,7 +128,7 @@ def training_memory(model: DiffusionLM, seq_len: int, batch_size: int, gradient_
 
     if model.config.get("dlm_objective") == "idlm":
         seq_len *= 2
-    params = list(model.net.parameters())
+    params = list(model.parameters())  # the network, and a DSL model's noise embedding and converter
     trainable = [p for p in params if p.requires_grad]
     dims = model_dims(model)
     if gradient_checkpointing:  # one layer's activations at a time, plus each layer's input (B, L, d_model)
@@ -136,6 +136,8 @@ def training_memory(model: DiffusionLM, seq_len: int, batch_size: int, gradient_
         acts = forward_bytes(batch_size, seq_len, **dims) + inputs
     else:
         acts = forward_bytes(batch_size, seq_len, training=True, **dims)
+    if model.dsl is not None:  # the converter's fp32 logits, softmax and its gradient over V + 1 slots per position
+        acts += 3 * 4 * batch_size * seq_len * (model.dsl.vocab_size + 1)
     est = {"parameters": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trainable),
            "weights": sum(p.numel() * p.element_size() for p in params),
            "gradients": sum(p.numel() * p.element_size() for p in trainable),
