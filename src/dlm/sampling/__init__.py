@@ -153,7 +153,7 @@ def prepare_sampler(model, sampler: str, options: dict) -> Sampler:
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, sampler: str | None = None, return_dict: bool = False,
              output_history: bool = False, output_token_probs: bool = False, progress: bool = False,
-             seed: int | list[int] | None = None, **options):
+             seed: int | list[int] | None = None, on_step=None, **options):
     """Denoise ``gen_length`` masked tokens after each (left-padded) prompt.
 
     Returns the (B, P + G) token ids, or a :class:`GenerationOutput` (ids, NFE, seconds, history,
@@ -171,6 +171,9 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
       own tokens only (never its left padding), so row ``i`` samples the same whether it runs
       alone (with ``seed=[seed[i]]``) or in any batch. An unpadded row alone with ``seed=[s]``
       samples as with ``seed=s``.
+
+    ``on_step`` (a callable) is called with the :class:`DenoiseState` after every step (its
+    canvas ``x``, ``nfe``): how :mod:`dlm.engine` streams a request's canvas.
 
     An all-padding row (attention mask all zeros) is an empty prompt: unconditional generation
     for an unshifted model (its padding is invisible, so it decodes as a (1, 0) prompt alone, up to
@@ -198,7 +201,7 @@ def generate(model, input_ids, attention_mask=None, *, sampler: str | None = Non
         bar = tqdm(total=smp.total_steps(), desc=f"dlm {sampler}", unit="step", file=sys.stderr, leave=False)
     state = DenoiseState(model, x, attention_mask, P, mask_id, cfg_scale=float(getattr(opts, "cfg_scale", 0.0)),
                          generator=generator, keep_history=output_history, progress=bar,
-                         keep_token_probs=output_token_probs)
+                         keep_token_probs=output_token_probs, on_step=on_step)
     was_training = model.training
     model.eval()
     start = time.perf_counter()

@@ -57,7 +57,7 @@ class DenoiseState:
     def __init__(self, model, x: torch.Tensor, attention_mask: torch.Tensor | None, prompt_length: int,
                  mask_id: int, cfg_scale: float = 0.0,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 keep_history: bool = False, progress=None, keep_token_probs: bool = False):
+                 keep_history: bool = False, progress=None, keep_token_probs: bool = False, on_step=None):
         self.model = model
         self.x = x  # (B, L) canvas, L = P + G
         self.attention_mask = attention_mask  # (B, L) or None
@@ -77,6 +77,7 @@ class DenoiseState:
         self.token_probs: torch.Tensor | None = None
         self.history: list[torch.Tensor] | None = [x.cpu().clone()] if keep_history else None
         self.progress = progress
+        self.on_step = on_step  # called with the state after every step (dlm.engine streams the canvas)
         # The model sees canvas positions [0, visible): L, except under eos_policy "grow", which
         # shows the blocks decoded so far and the current one only.
         self.visible = x.shape[1]
@@ -186,6 +187,8 @@ class DenoiseState:
             self.history.append(self.x.cpu().clone())
         if self.progress is not None:
             self.progress.update(1)
+        if self.on_step is not None:
+            self.on_step(self)
 
 
 class Sampler:
