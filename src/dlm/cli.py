@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dlm.data.cli import add_parser as add_data
     from dlm.eval.cli import add_parser as add_eval
     from dlm.repair_cli import add_parser as add_repair
+    from dlm.server.cli import add_parser as add_serve
     from dlm.train.cli import add_parser as add_train
 
     add_train(sub)
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_bench(sub)
     add_repair(sub)
+    add_serve(sub)
     return p
 
 
