@@ -203,6 +203,6 @@ def check_prompt(model, prompt_ids, sampler) -> None:
     mask_id = getattr(sampler.opts, "mask_id", None)
     try:
         ids = torch.tensor([prompt_ids], dtype=torch.long)
-    except (OverflowError, RuntimeError):
+    except (OverflowError, RuntimeError, ValueError):  # torch raises ValueError past 64 bits
         raise DLMError("prompt token ids must fit in 64 bits") from None
     _check_inputs(model, ids, None, mask_id if mask_id is not None else model.facts.resolve_mask_id())

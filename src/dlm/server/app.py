@@ -12,6 +12,7 @@ failure of the model itself. A client that disconnects cancels its request.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -109,6 +110,8 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
 
     @app.exception_handler(HTTPException)
     async def _http(_req, exc: HTTPException):
+        if isinstance(exc.__cause__, _TooLarge):  # FastAPI turns a failed body read into a 400
+            return error(413, f"the request body is over {max_body_bytes} bytes", code="body_too_large")
         return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404
                      else "invalid_request_error")
 
@@ -128,7 +131,8 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "running": len(engine.running), "waiting": engine.queue_depth}
+        return {"status": "ok", "model": model_name, "running": len(engine.running), "waiting": engine.queue_depth,
+                "pid": os.getpid()}
 
     @app.get("/v1/models")
     async def models():
@@ -258,6 +262,7 @@ def _encode_text(model, prompt) -> list[int]:
         raise DLMError("the prompt is empty")
     if model.tokenizer is None:
         raise DLMError("this model has no tokenizer: send the prompt as a list of token ids")
+    _check_unicode(prompt, "the prompt")
     return model.encode_prompt(prompt, chat=False)
 
 
@@ -265,7 +270,17 @@ def _encode_chat(model, messages: list[dict]) -> list[int]:
     tok = model.tokenizer
     if tok is None or not getattr(tok, "chat_template", None):
         raise DLMError("this model has no chat template: use /v1/completions")
+    for i, m in enumerate(messages):
+        _check_unicode(m["content"], f"messages[{i}].content")
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return [int(i) for i in ids]
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """Refuse text the tokenizer cannot take: JSON can carry lone surrogates ("\\ud800"), UTF-8 cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DLMError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None

@@ -54,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from dlm.server.replicas import serve_replicas
 
         return serve_replicas(args.model, name, args.replicas, args.host, args.port, config, device=args.device,
-                              dtype=args.dtype, max_body_bytes=args.max_body_bytes)
+                              dtype=args.dtype, max_body_bytes=args.max_body_bytes,
+                              gpus_per_replica=args.gpus_per_replica)
     import uvicorn
 
     import dlm
@@ -91,6 +92,8 @@ def add_parser(sub) -> None:
                    help=f"stationary: waiting requests absorbed per step (default {d.max_absorb})")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     s.add_argument("--replicas", type=int, default=1, help="engines behind one endpoint, on Ray Serve (default 1)")
+    s.add_argument("--gpus-per-replica", type=float, default=0.0,
+                   help="with --replicas: GPUs Ray reserves for each replica (1: one GPU each; needs --device cuda)")
     s.add_argument("--device", default="cpu", help="torch device (default cpu)")
     s.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),

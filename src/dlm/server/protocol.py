@@ -87,6 +87,9 @@ class _Common(BaseModel):
     def engine_options(self, sampler_fields: set[str]) -> dict[str, Any]:
         """The sampler options this body asks for (``gen_length``, ``temperature``, ``top_p`` + ``dlm``)."""
         options = self.dlm.sampler_options()
+        for name in ("seed", "stream_steps", "prompt_ids"):  # Engine.submit's own parameters, not sampler options
+            if name in options:
+                raise DLMError(f"dlm.{name} is not a sampler option" + (": give the body's seed" if name == "seed" else ""))
         length = self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
         for field, value, name in (("gen_length", length, "max_tokens"), ("temperature", self.temperature, "temperature"),
                                    ("top_p", self.top_p, "top_p")):
