@@ -137,6 +137,10 @@ def test_stop_strings_cut_the_answer(client):
     ({"prompt": "x", "dlm": {"gen_length": 8}, "max_tokens": 8}, 400, "not both"),
     ({"messages": []}, 400, "prompt"),
     ({"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ({"prompt": "x", "temperature": 1e-45, "dlm": {"sampler": "dream"}}, 400, "temperature"),
+    ({"prompt": "x", "dlm": {"sampler": "dream", "alg_temp": 1e308}}, 400, "alg_temp"),
+    ({"prompt": "x", "dlm": {"cfg_scale": 1e308}}, 400, "cfg_scale"),
+    ({"prompt": "x", "dlm": {"seed": 3}}, 400, "seed"),
 ])
 def test_bad_requests_get_a_json_4xx(server, body, status, match):
     r = httpx.post(f"{server}/v1/completions", json=body, timeout=30)

@@ -51,6 +51,18 @@ def check_step_count(steps: int) -> None:
         raise DLMError(f"steps ({steps}) is more than {MAX_STEPS:,}: every step is a forward pass")
 
 
+TEMPERATURE_RANGE = (1e-4, 1e4)  # outside it (but > 0) logits / T over- or underflows float32
+
+
+def check_temperature(value: float | None, name: str = "temperature") -> None:
+    """A temperature-like option: 0 (greedy) or within :data:`TEMPERATURE_RANGE`."""
+    lo, hi = TEMPERATURE_RANGE
+    if value is None or value == 0:
+        return
+    if not lo <= value <= hi:
+        raise DLMError(f"{name} must be 0 or between {lo:g} and {hi:g}, got {value}")
+
+
 class DenoiseState:
     """Per-call state of a denoising run over a batch of left-padded prompts."""
 

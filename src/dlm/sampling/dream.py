@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -98,6 +98,8 @@ class DreamSampler(Sampler):
                            "use maskgit_plus, topk_margin or entropy")
         if o.temperature < 0:
             raise DLMError(f"temperature must be >= 0, got {o.temperature}")
+        check_temperature(o.temperature)
+        check_temperature(o.alg_temp, "alg_temp")
         if o.top_p is not None and not 0.0 < o.top_p <= 1.0:
             raise DLMError(f"top_p must be in (0, 1], got {o.top_p}")
         if o.top_k is not None and o.top_k < 1:

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature
 from dlm.sampling.output import token_probability
+
+MAX_CFG_SCALE = 1e4  # (cfg_scale + 1) * (cond - uncond) overflows float32 long before larger scales
 
 
 def transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -66,6 +68,7 @@ def check_sampling(o) -> None:
     """temperature and remasking of LLaDA-style options."""
     if o.temperature < 0:
         raise DLMError(f"temperature must be >= 0, got {o.temperature}")
+    check_temperature(o.temperature)
     if o.remasking not in ("low_confidence", "random"):
         raise DLMError(f"remasking must be 'low_confidence' or 'random', got {o.remasking!r}")
 
@@ -124,8 +127,8 @@ class LLaDASampler(Sampler):
         check_blocks(o)
         check_steps(o)
         check_sampling(o)
-        if o.cfg_scale < 0:
-            raise DLMError(f"cfg_scale must be >= 0, got {o.cfg_scale}")
+        if not 0 <= o.cfg_scale <= MAX_CFG_SCALE:
+            raise DLMError(f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}], got {o.cfg_scale}")
         self.validate_eos_policy(model)
         if (o.logits_eos_inf or o.confidence_eos_eot_inf) and not model.facts.eos_ids:
             raise DLMError("logits_eos_inf / confidence_eos_eot_inf need an EOS id, and this model has none")
