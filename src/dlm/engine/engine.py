@@ -120,7 +120,7 @@ class Engine:
         with torch.no_grad():
             while True:
                 for r in self.scheduler.drop_cancelled():
-                    r.events.put(Event("error", error="cancelled before it started"))
+                    r.post(Event("error", error="cancelled before it started"))
                 for r in self.scheduler.admit(self.running):
                     self._start_worker(r)
                 self._gauges()
@@ -179,13 +179,13 @@ class Engine:
             r.status = FINISHED
             if self.metrics is not None:
                 self.metrics.finished(completion)
-            r.events.put(Event("done", step=r.steps, nfe=out.nfe, result=completion))
+            r.post(Event("done", step=r.steps, nfe=out.nfe, result=completion))
         except Cancelled:
             r.status = CANCELLED
-            r.events.put(Event("error", error="cancelled"))
+            r.post(Event("error", error="cancelled"))
         except Exception as e:  # noqa: BLE001 - reported to the request's client, never kills the engine
             r.status = FAILED
-            r.events.put(Event("error", error=str(e) or type(e).__name__))
+            r.post(Event("error", error=str(e) or type(e).__name__))
         finally:
             with self.cv:
                 self.done.add(r.id)

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,6 +71,16 @@ class Request:
     first_call_done: bool = False  # whether its first forward pass (the prefill) has run
     steps: int = 0
     nfe: int = 0
+    listener: Callable[[], None] | None = None  # called after each event (the server wakes its reader)
+
+    def post(self, event: Event) -> None:
+        self.events.put(event)
+        listener = self.listener
+        if listener is not None:
+            try:
+                listener()
+            except RuntimeError:  # the reader's event loop is gone (its client left)
+                pass
 
     @property
     def tokens(self) -> int:
@@ -86,7 +96,7 @@ class Request:
         self.steps += 1
         self.nfe = nfe
         if self.stream_steps:
-            self.events.put(Event("step", step=self.steps, nfe=nfe, canvas=canvas.tolist()))
+            self.post(Event("step", step=self.steps, nfe=nfe, canvas=canvas.tolist()))
 
     def result(self, timeout: float | None = None) -> Completion:
         """Block until the request ends; its :class:`Completion`, or the error / cancellation raised."""

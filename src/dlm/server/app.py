@@ -231,18 +231,25 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
 
 
 async def next_event(request, http: Request | None, final_only: bool = False):
-    """The request's next event (its last one with ``final_only``); None if the client disconnects."""
-    polls = 0
+    """The request's next event (its last one with ``final_only``); None if the client disconnects.
+    The engine's threads wake this coroutine through the request's listener; no busy polling."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    request.listener = lambda: loop.call_soon_threadsafe(wake.set)
     while True:
         while not request.events.empty():
             event = request.events.get_nowait()
             if not final_only or event.kind != "step":
                 return event
-        polls += 1
-        if http is not None and polls % 20 == 0 and await http.is_disconnected():
-            request.cancel()
-            return None
-        await asyncio.sleep(0.01)
+        wake.clear()
+        if not request.events.empty():
+            continue
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=0.25)
+        except asyncio.TimeoutError:
+            if http is not None and await http.is_disconnected():
+                request.cancel()
+                return None
 
 
 def usage(prompt_tokens: int, done) -> dict:
