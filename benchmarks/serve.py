@@ -183,10 +183,12 @@ def main(argv=None) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| sampler | model | policy | concurrency | tokens/s | x serial | p50 s | p95 s | rows / forward | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| sampler | model | policy | concurrency | requests | answer tokens / request | tokens/s | x serial | "
+             "p50 s | p95 s | rows / forward | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['sampler']} | {r['model']} | {r['policy']} | {r['concurrency']} | {r['tokens_per_s']:.1f} | "
+        lines.append(f"| {r['sampler']} | {r['model']} | {r['policy']} | {r['concurrency']} | {r['requests']} | "
+                     f"{r['tokens'] / r['requests']:.1f} | {r['tokens_per_s']:.2f} | "
                      f"{r['speedup_vs_serial'] if r['speedup_vs_serial'] is not None else '-'} | {r['p50_s']:.2f} | "
                      f"{r['p95_s']:.2f} | {r['mean_batch_rows']} | {r['failed']} |")
     return "\n".join(lines) + "\n"

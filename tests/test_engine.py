@@ -124,10 +124,13 @@ def test_token_budget_bounds_the_running_batch_and_queues_the_rest(llada):
 
 def test_a_full_queue_refuses_new_requests(llada):
     with Engine(llada, EngineConfig(max_batch=1, max_waiting=2)) as engine:
-        reqs = [engine.submit([1, 2], sampler="llada", gen_length=64, steps=64) for _ in range(3)]
-        with pytest.raises(EngineFull):
-            for _ in range(3):
-                reqs.append(engine.submit([1, 2], sampler="llada", gen_length=64, steps=64))
+        first = engine.submit([1, 2], sampler="llada", gen_length=64, steps=64)
+        deadline = time.monotonic() + 30
+        while first.status == "waiting" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reqs = [first] + [engine.submit([1, 2], sampler="llada", gen_length=64, steps=64) for _ in range(2)]
+        with pytest.raises(EngineFull, match="retry later"):
+            engine.submit([1, 2], sampler="llada", gen_length=64, steps=64)
         for r in reqs:
             r.cancel()
 

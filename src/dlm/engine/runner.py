@@ -13,6 +13,7 @@ and blocks until the engine's step has run it. :func:`execute` runs one step's c
 * ``"hf"`` - a causal network's pass with a ``transformers`` KV cache (``isd``, ``ar``): the
   requests' caches are merged (each row's past right-aligned before the new slots, gaps masked),
   run as one forward, and each request's cache is given back its rows with the new slots' K/V.
+  Prefills (empty caches) batch together, decode rounds by their number of new slots.
 * ``"serial"`` - anything else (Fast-dLLM's canvas caches): run one after another within the step.
 
 A group of one runs exactly as the request would alone. In a batch only floating-point rounding
@@ -111,7 +112,10 @@ def group_key(call: Call, separate_prefill: bool) -> tuple:
         # only with canvases of the same length (no padding), which leaves its rows bit-equal
         return ("plain", None if embeds is None else embeds.shape[1], prefill)
     if call.kind == "hf":
-        return ("hf", call.args["cache_key"], prefill)
+        # a prefill (empty cache) pads only with other prefills: merged with decode rounds of a few
+        # slots it would pad every row to the prompt's length; decode rounds batch by their width
+        fresh = call.args[call.args["cache_key"]].get_seq_length() == 0
+        return ("hf", call.args["cache_key"], "prefill" if fresh else call.args["input_ids"].shape[1], prefill)
     return ("serial", id(call))
 
 
