@@ -19,74 +19,16 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from dlm.engine import Engine, EngineConfig, EngineFull
 from dlm.errors import DLMError
+from dlm.server.http_errors import MAX_BODY_BYTES, BodyLimit, BodyTooLarge, error, json_safe, validation_message
 from dlm.server.metrics import ServerMetrics
+from dlm.server.prompts import encode_chat, encode_text
 from dlm.server.protocol import ChatRequest, CompletionRequest
 from dlm.server.streaming import CanvasView, TextTracker, chunk, sse
-
-MAX_BODY_BYTES = 1 << 20
-
-
-def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-          code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
-        return "the body is not valid JSON", None
-    where = ".".join(loc)
-    return (f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid request")), where or None
-
-
-def json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return value.tolist() if hasattr(value, "tolist") else str(value)
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether or not they declare their length."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = error(413, f"the request body is over {self.limit} bytes", code="body_too_large")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await too_big(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await too_big(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
 
 def create_app(model, model_name: str, config: EngineConfig | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -105,12 +47,12 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req, exc: RequestValidationError):
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return error(400, message, param=param)
 
     @app.exception_handler(HTTPException)
     async def _http(_req, exc: HTTPException):
-        if isinstance(exc.__cause__, _TooLarge):  # FastAPI turns a failed body read into a 400
+        if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI turns a failed body read into a 400
             return error(413, f"the request body is over {max_body_bytes} bytes", code="body_too_large")
         return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404
                      else "invalid_request_error")
@@ -148,11 +90,11 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
     async def completions(body: CompletionRequest, http: Request):
         prompt = body.prompt[0] if isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str) \
             else body.prompt
-        return await serve(body, http, "completion", lambda: _encode_text(model, prompt))
+        return await serve(body, http, "completion", lambda: encode_text(model, prompt))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: Request):
-        return await serve(body, http, "chat", lambda: _encode_chat(model, body.chat()))
+        return await serve(body, http, "chat", lambda: encode_chat(model, body.chat()))
 
     async def serve(body, http: Request, kind: str, encode):
         from dlm.sampling import default_sampler, sampler_options
@@ -260,34 +202,3 @@ def usage(prompt_tokens: int, done) -> dict:
 def report(done, sampler: str) -> dict:
     return {"sampler": sampler, "nfe": done.nfe, "steps": done.steps, "seconds": round(done.seconds, 4),
             "queued_seconds": round(done.queued_seconds, 4), "stats": json_safe(done.stats)}
-
-
-def _encode_text(model, prompt) -> list[int]:
-    if isinstance(prompt, list):
-        return list(prompt)
-    if not prompt:
-        raise DLMError("the prompt is empty")
-    if model.tokenizer is None:
-        raise DLMError("this model has no tokenizer: send the prompt as a list of token ids")
-    _check_unicode(prompt, "the prompt")
-    return model.encode_prompt(prompt, chat=False)
-
-
-def _encode_chat(model, messages: list[dict]) -> list[int]:
-    tok = model.tokenizer
-    if tok is None or not getattr(tok, "chat_template", None):
-        raise DLMError("this model has no chat template: use /v1/completions")
-    for i, m in enumerate(messages):
-        _check_unicode(m["content"], f"messages[{i}].content")
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
-
-
-def _check_unicode(text: str, what: str) -> None:
-    """Refuse text the tokenizer cannot take: JSON can carry lone surrogates ("\\ud800"), UTF-8 cannot."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DLMError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
