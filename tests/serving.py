@@ -20,13 +20,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(model, name: str = "test-model", config: EngineConfig | None = None, **app_kwargs):
-    """Serve ``model`` at http://127.0.0.1:PORT (yields that base URL, without /v1) until the block ends."""
+def serve_app(app, log_level: str = "error"):
+    """Serve an ASGI ``app`` at http://127.0.0.1:PORT (yields that base URL) until the block ends."""
     port = free_port()
-    app = create_app(model, name, config, **app_kwargs)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
                                            timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -38,3 +37,10 @@ def running_server(model, name: str = "test-model", config: EngineConfig | None 
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def running_server(model, name: str = "test-model", config: EngineConfig | None = None, **app_kwargs):
+    """Serve ``model`` with ``dlm serve``'s app (yields the base URL, without /v1) until the block ends."""
+    with serve_app(create_app(model, name, config, **app_kwargs)) as url:
+        yield url

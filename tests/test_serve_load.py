@@ -31,12 +31,11 @@ import openai
 import psutil
 import pytest
 import torch
-import uvicorn
 
 import dlm
 from dlm.engine import EngineConfig
 from dlm.server.app import create_app
-from serving import free_port
+from serving import serve_app
 
 NAME = "tiny"
 TIMEOUT = 120  # seconds: any one HTTP call (the CPU is shared; generous, but bounded)
@@ -48,21 +47,9 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven small robots com
 @contextlib.contextmanager
 def served(model, config: EngineConfig | None = None, **app_kwargs):
     """Like ``serving.running_server``, but yields (base URL, app) so tests can look into the engine."""
-    port = free_port()
     app = create_app(model, NAME, config, **app_kwargs)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_app(app, log_level="critical") as url:
+        yield url, app
 
 
 def make_specs(n: int, seed: int = 1234) -> list[dict]:

@@ -24,9 +24,10 @@ from starlette.exceptions import HTTPException
 
 from dlm.engine import Engine, EngineConfig, EngineFull
 from dlm.errors import DLMError
-from dlm.server.http_errors import MAX_BODY_BYTES, BodyLimit, BodyTooLarge, error, json_safe, validation_message
+from dlm.server.http_errors import BodyLimit, BodyTooLarge, error, json_safe, validation_message
 from dlm.server.metrics import ServerMetrics
 from dlm.server.prompts import encode_chat, encode_text
+from dlm.server import MAX_BODY_BYTES
 from dlm.server.protocol import ChatRequest, CompletionRequest
 from dlm.server.streaming import CanvasView, TextTracker, chunk, sse
 

@@ -72,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     from dlm.engine import POLICIES, EngineConfig
     from dlm.models.default import DEFAULT_MODEL
+    from dlm.server import MAX_BODY_BYTES
 
     d = EngineConfig()
     s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (with a web page at /)",
@@ -90,7 +91,8 @@ def add_parser(sub) -> None:
                    help=f"queued requests before new ones get 429 (default {d.max_waiting})")
     s.add_argument("--max-absorb", type=int, default=d.max_absorb,
                    help=f"stationary: waiting requests absorbed per step (default {d.max_absorb})")
-    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    s.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                   help=f"largest request body in bytes (default {MAX_BODY_BYTES})")
     s.add_argument("--replicas", type=int, default=1, help="engines behind one endpoint, on Ray Serve (default 1)")
     s.add_argument("--gpus-per-replica", type=float, default=0.0,
                    help="with --replicas: GPUs Ray reserves for each replica (1: one GPU each; needs --device cuda)")

@@ -24,8 +24,8 @@ import sys
 import threading
 
 from dlm.errors import DLMError
+from dlm.server import MAX_BODY_BYTES
 
-MAX_BODY_BYTES = 1 << 20  # dlm.server.app.MAX_BODY_BYTES (not imported: keeps FastAPI out of the driver)
 APP_NAME = "dlm"
 RAY_MISSING = "dlm serve --replicas needs Ray Serve: pip install 'dlm[serve-ray]'"
 
