@@ -44,8 +44,18 @@ def test_serve_without_model_serves_the_default_and_stops_on_ctrl_c():
         from dlm.sampling.batching import answer_ids
 
         assert r.choices[0].message.content == model.decode(answer_ids(model, out[0, len(ids):].tolist()))
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        # Ctrl-C with a stream open: the stream ends (an error chunk, [DONE]) and the server exits 0 at once
+        lines = []
+        body = {"messages": msgs, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                if len(lines) == 2:
+                    proc.send_signal(signal.SIGINT)
+        assert lines[-1] == "data: [DONE]" and "cancelled" in lines[-2]
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -52,10 +52,14 @@ class Engine:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Cancel everything and end the loop."""
+    def cancel_all(self) -> None:
+        """Cancel every waiting and running request (they end at the next step); the engine keeps running."""
         for r in list(self.scheduler.waiting) + list(self.running):
             r.cancel()
+
+    def stop(self) -> None:
+        """Cancel everything and end the loop."""
+        self.cancel_all()
         with self.cv:
             self._stop = True
             self.cv.notify_all()

@@ -55,6 +55,8 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
     async def _http(_req, exc: HTTPException):
         if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI turns a failed body read into a 400
             return error(413, f"the request body is over {max_body_bytes} bytes", code="body_too_large")
+        if isinstance(exc.__cause__, UnicodeDecodeError):  # ... and a body that is not UTF-8 too
+            return error(400, "the body is not valid UTF-8 (JSON must be UTF-8)")
         return error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404
                      else "invalid_request_error")
 

@@ -63,9 +63,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     model = dlm.load(args.model, device=args.device, dtype=args.dtype)
     app = create_app(model, name, config, max_body_bytes=args.max_body_bytes)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # Ctrl-C / SIGTERM: open streams end now (their requests are
+            app.state.engine.cancel_all()   # cancelled), so the graceful shutdown does not wait them out
+            super().handle_exit(sig, frame)
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                   timeout_graceful_shutdown=5))
     print(f"dlm: serving {name} at http://{args.host}:{args.port} ({config.policy} batching, "
           f"up to {config.max_batch} requests / {config.token_budget} tokens)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: a clean stop, not an interruption
+        if not server.should_exit:
+            raise
     return 0
 
 
