@@ -25,6 +25,26 @@ class DiffusionLoss:
     t: torch.Tensor  # (B,) mask ratios used
 
 
+def maskable_positions(model, input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, shifted: bool | None = None) -> torch.Tensor:
+    """(B, L) bool: positions the forward process may mask - not the prompt (SFT: before each row's
+    ``prompt_lengths``), not padding, and not position 0 of a shifted model (``shifted`` defaults to
+    ``model.facts.shifted``), which has no prediction of its own."""
+    B, L = input_ids.shape
+    maskable = torch.ones_like(input_ids, dtype=torch.bool)
+    if prompt_lengths is not None:
+        pos = torch.arange(L, device=input_ids.device)[None, :]  # (1, L)
+        maskable &= pos >= prompt_lengths.to(input_ids.device)[:, None]
+    if attention_mask is not None:
+        maskable &= attention_mask.bool()
+    if shifted is None:
+        facts = getattr(model, "facts", None)
+        shifted = facts is not None and facts.shifted
+    if shifted:
+        maskable[:, 0] = False
+    return maskable
+
+
 def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, prompt_lengths: torch.Tensor | None = None,
                           attention_mask: torch.Tensor | None = None, eps: float = EPS,
                           generator: torch.Generator | None = None, shifted: bool | None = None,
@@ -48,17 +68,7 @@ def masked_diffusion_loss(model, input_ids: torch.Tensor, mask_id: int, *, promp
     B, L = input_ids.shape
     device = input_ids.device
     t = sample_t(B, eps, device, generator)  # (B,)
-    pos = torch.arange(L, device=device)[None, :]  # (1, L)
-    maskable = torch.ones_like(input_ids, dtype=torch.bool)
-    if prompt_lengths is not None:
-        maskable &= pos >= prompt_lengths.to(device)[:, None]
-    if attention_mask is not None:
-        maskable &= attention_mask.bool()
-    if shifted is None:
-        facts = getattr(model, "facts", None)
-        shifted = facts is not None and facts.shifted
-    if shifted:
-        maskable[:, 0] = False  # a shifted model has no prediction for position 0
+    maskable = maskable_positions(model, input_ids, prompt_lengths, attention_mask, shifted)
     noisy, masked = mask_tokens(input_ids, mask_id, t, maskable, generator)
     kwargs = {"attention_bias": attention_bias} if attention_bias is not None else {}
     logits = model(noisy, attention_mask=attention_mask, **kwargs).logits  # (B, L, V)

@@ -73,6 +73,9 @@ def aggregate_diagnostics(samples: list[dict]) -> dict:
     for k in ("empty", "degenerate", "stopped", "premature_stop"):
         if all(k in s for s in samples):
             out[f"share_{k}"] = sum(bool(s[k]) for s in samples) / n
+    for k in ("revisions", "revisions_right", "revisions_wrong", "share_revised"):  # revision samplers
+        if all(k in s for s in samples):
+            out[f"mean_{k}" if k != "share_revised" else k] = sum(s[k] for s in samples) / n
     if all("acceptance_rate" in s for s in samples):
         rates = [s["acceptance_rate"] for s in samples if s["acceptance_rate"] is not None]
         out["acceptance_rate"] = sum(rates) / len(rates) if rates else None

@@ -48,17 +48,20 @@ def generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, l
     if budget is not None:
         run_options.update(sampler_class(plan.sampler).options_for_nfe(budget, plan.options))
     seeds = [example_seed(seed, ex.id) for ex in batch]  # one generator per row: batch-independent samples
+    revises = getattr(sampler_class(plan.sampler), "revises", False)
     out, answers = generate_answers(model, [prompts[ex.id] for ex in batch], sampler=plan.sampler, seed=seeds,
-                                    output_token_probs=introspection, **run_options)
+                                    output_token_probs=introspection, output_history=revises, **run_options)
     G = out.generated.shape[1]
     extra: list[dict[str, Any]] = [{} for _ in batch]
+    if revises:  # what the sampler changed after showing it, and whether that matched the reference
+        extra = revision_records(model, task, batch, out)
     if introspection:
         from dlm.diffusion.introspection import acceptance_rate
 
         t0 = time.perf_counter()
         alpha = acceptance_rate(model, out, attention_mask=left_pad(model, [prompts[ex.id] for ex in batch])[1])
         seconds = (time.perf_counter() - t0) / len(batch)
-        extra = [{"acceptance_rate": rate, "introspection_seconds": seconds} for rate in alpha.rates]
+        extra = [{**e, "acceptance_rate": rate, "introspection_seconds": seconds} for e, rate in zip(extra, alpha.rates)]
     records = []
     # passes each row needed (ar, isd: a row that stopped leaves or idles; diffusion samplers: every row takes all)
     row_forwards = out.stats.get("forwards") or [out.nfe] * len(batch)
@@ -71,6 +74,30 @@ def generate_batch(model, task: Task, batch: list[Example], prompts: dict[str, l
             "forwards": forwards, "seconds": out.seconds / len(batch), "gen_length": G,
             **task.score(text, ex), **sample_diagnostics(answer, text, len(answer) < G, ref_tokens), **more,
         })
+    return records
+
+
+def revision_records(model, task: Task, batch: list[Example], out) -> list[dict[str, Any]]:
+    """Per row: visible tokens revised (directly or through the mask), the share of the answer
+    canvas they make up, and how many revisions were right (a token other than the reference's
+    changed into it) or wrong (the reference's token changed away), against the reference answer
+    tokenised and EOS-filled to the canvas (the layout the SFT models are trained on)."""
+    from dlm.sampling.revision import revision_events, score_revisions
+
+    events = revision_events(out.history, out.prompt_length, model.facts.resolve_mask_id())
+    G = out.generated.shape[1]
+    eos = model.facts.eos_ids[0] if model.facts.eos_ids else None
+    records = []
+    for row, ex in enumerate(batch):
+        ref_text = ex.fields.get("solution", ex.reference)
+        ref = model.tokenizer(ref_text, add_special_tokens=False)["input_ids"][:G]
+        if eos is not None:
+            ref = ref + [eos] * (G - len(ref))
+        mine = [e for e in events if e.row == row]
+        scored = score_revisions(mine, {row: ref})
+        records.append({"revisions": scored["revisions"], "revisions_right": scored["right"],
+                        "revisions_wrong": scored["wrong"],
+                        "share_revised": len({e.position for e in mine}) / G if G else 0.0})
     return records
 
 

@@ -151,17 +151,27 @@ class LLaDASampler(Sampler):
         return state.first_masked(block.end, default=block.start)
 
     def step(self, state: DenoiseState, block: Block, logits: torch.Tensor) -> None:
+        x0 = self.draw(state, logits)
+        self.commit(state, block, logits, x0)
+
+    def draw(self, state: DenoiseState, logits: torch.Tensor) -> torch.Tensor:
+        """x0 (B, hi - lo): a token drawn at every canvas position the logits (B, hi - lo, V) cover."""
+        o = self.opts
+        lo = state.visible - logits.shape[1]  # logits cover canvas positions lo..visible-1
+        if o.logits_eos_inf:
+            logits[:, :, list(state.model.facts.eos_ids)] = -torch.inf
+        # Gumbel noise (B, hi - lo, V); with one generator it is drawn for the whole canvas, as the
+        # reference does, to share its stream (see DenoiseState.rand_canvas).
+        noise = state.rand_canvas(logits.shape[-1], dtype=torch.float64, start=lo) if o.temperature > 0 else None
+        return gumbel_argmax(logits, o.temperature, noise)  # (B, hi - lo)
+
+    def commit(self, state: DenoiseState, block: Block, logits: torch.Tensor, x0: torch.Tensor) -> None:
+        """Commit this step's share of the block's masked positions: the most confident x0."""
         o, x = self.opts, state.x
         B, L = x.shape
         hi = state.visible
         lo = hi - logits.shape[1]  # logits cover canvas positions lo..hi-1
         eos = list(state.model.facts.eos_ids)
-        if o.logits_eos_inf:
-            logits[:, :, eos] = -torch.inf
-        # Gumbel noise (B, hi - lo, V); with one generator it is drawn for the whole canvas, as the
-        # reference does, to share its stream (see DenoiseState.rand_canvas).
-        noise = state.rand_canvas(logits.shape[-1], dtype=torch.float64, start=lo) if o.temperature > 0 else None
-        x0 = gumbel_argmax(logits, o.temperature, noise)  # (B, hi - lo)
         drop, kept = [], None
         if o.confidence_eos_eot_inf:
             # The reference's chained assignment `noisy[..., EOS] = logits[..., EoT] = -inf`: at

@@ -97,6 +97,9 @@ def for_objective(model: DiffusionLM, objective: str, path: str | Path) -> Diffu
         raise DLMError(f"{path} is {kind}; --objective idlm makes a causal LM introspective (strictly causal "
                        "attention, logit shift): --init a causal LM such as tiny-ar or smollm2-135m-instruct, "
                        "or an idlm model")
+    if objective == "scope" and model.facts.causal:
+        raise DLMError(f"{path} is a causal LM; SCOPE post-trains a masked diffusion model (e.g. --init "
+                       "smol-a2d-instruct)")
     if objective == "dsl" and model.facts.causal:
         raise DLMError(f"{path} is a causal LM; DSL adapts a masked diffusion model: adapt it first (--objective "
                        "a2d, then mdm SFT) and train DSL on that (e.g. --init smol-a2d-instruct)")

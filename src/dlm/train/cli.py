@@ -38,10 +38,14 @@ def add_parser(sub) -> None:
                    help="causal: next-token LM; mdm: masked-diffusion ELBO; a2d: AR -> diffusion adaptation; "
                         "idlm: introspective training of a causal LM (I-DLM: [x_t | x_0] input, N - 1 mask slots "
                         "per block draft the next tokens; decoded by the isd sampler); dsl: continuous denoising "
-                        "(DSL-LLaDA: noisy embeddings through a converter; decoded by the dsl sampler)")
-    t.add_argument("--task", choices=["pretrain", "sft"], default="pretrain",
-                   help="pretrain on packed text (the model is saved without a chat template), or SFT on "
-                        "(description -> synopsis) pairs in the chat template (saved with the model)")
+                        "(DSL-LLaDA: noisy embeddings through a converter; decoded by the dsl sampler); scope: SCOPE-style "
+                        "post-training of a diffusion model on its own sampling states (masks filled with its own "
+                        "draws, supervised back to the truth) so that revision samplers (d3im) can repair them")
+    t.add_argument("--task", choices=["pretrain", "sft", "arith"], default="pretrain",
+                   help="pretrain on packed text (the model is saved without a chat template), SFT on "
+                        "(description -> synopsis) pairs in the chat template (saved with the model), or arith: "
+                        "SFT on multi-step arithmetic word problems generated offline (dlm.data.arith; the eval "
+                        "task arith scores its held-out test split)")
     t.add_argument("--init", default=None, help="start from this model directory or shipped model name "
                                                 "(default: a new model of --arch and the size options)")
     t.add_argument("--continue-finished", action="store_true",

@@ -65,9 +65,16 @@ class TrainConfig:
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise DLMError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.task not in ("pretrain", "sft"):
-            raise DLMError(f"--task must be pretrain or sft, got {self.task!r}")
-        if self.objective == "a2d" and self.task == "sft":
+        if self.task not in ("pretrain", "sft", "arith"):
+            raise DLMError(f"--task must be pretrain, sft or arith, got {self.task!r}")
+        if self.task == "arith" and self.data is not None:
+            raise DLMError("--task arith generates its problems (dlm.data.arith); it takes no --data")
+        if self.task == "arith" and self.instruction_dropout:
+            raise DLMError("--instruction-dropout is for --task sft (the summaries); arith prompts keep their instruction")
+        if self.objective == "scope" and self.init is None:
+            raise DLMError("--objective scope post-trains a masked diffusion model: pass --init MODEL "
+                           "(e.g. smol-a2d-instruct)")
+        if self.objective == "a2d" and self.is_sft:
             raise DLMError("a2d adapts on pretraining text; fine-tune the adapted model with --objective mdm --task sft")
         if self.objective == "a2d" and self.init is None:
             raise DLMError("a2d adapts an autoregressive model: pass --init DIR of a causal LM (e.g. tiny-ar)")
@@ -96,7 +103,7 @@ class TrainConfig:
             raise DLMError(f"--instruction-dropout must be in [0, 1], got {self.instruction_dropout}")
         if self.objective in ("causal", "idlm") and self.init is None and self.arch == "llada":
             raise DLMError(f"--objective {self.objective} trains a causal LM: pass --arch llama (LLaDA is bidirectional)")
-        if self.task == "sft" and self.answer_length >= self.seq_len:
+        if self.is_sft and self.answer_length >= self.seq_len:
             raise DLMError(f"--answer-length {self.answer_length} leaves no room for the prompt in "
                            f"--seq-len {self.seq_len}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -194,6 +201,11 @@ class TrainConfig:
             weight = parse_clean_weight(str(weight))
         return replace(self, data=absolute(self.data), tokenizer=absolute(self.tokenizer), init=init, lora_alpha=alpha,
                        stride=stride, clean_weight=weight)
+
+    @property
+    def is_sft(self) -> bool:
+        """(prompt, answer) examples in the chat template: the Debian summaries or generated arithmetic."""
+        return self.task in ("sft", "arith")
 
     def data_dir(self) -> Path:
         from dlm.paths import data_path

@@ -66,18 +66,23 @@ def sft_examples(tokenizer, records: list[dict], seq_len: int, answer_length: in
     """Chat-formatted summarisation examples; pairs that do not fit are skipped and counted.
 
     ``instruction_dropout``: share of examples whose prompt is the bare description (so the model
-    also summarises text given without the instruction).
+    also summarises text given without the instruction). A record with ``prompt`` and ``answer``
+    (``dlm train --task arith``) is taken as it is (no instruction, no dropout).
     """
     eos = tokenizer.eos_token_id
     rng = random.Random(seed)
     examples, too_long_prompt, too_long_answer = [], 0, 0
     for r in _bar(desc, progress, iterable=records):
-        instruction = None if rng.random() < instruction_dropout else SUMMARY_INSTRUCTION
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": summary_prompt(r["description"], instruction)}],
+        if "prompt" in r:
+            message, target = r["prompt"], r["answer"]
+        else:
+            instruction = None if rng.random() < instruction_dropout else SUMMARY_INSTRUCTION
+            message, target = summary_prompt(r["description"], instruction), r["synopsis"]
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}],
                                                add_generation_prompt=True, tokenize=True)
         if hasattr(prompt, "keys"):
             prompt = prompt["input_ids"]
-        answer = tokenizer(r["synopsis"], add_special_tokens=False)["input_ids"] + [eos]
+        answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [eos]
         if len(answer) > answer_length:
             too_long_answer += 1
             continue

@@ -22,6 +22,8 @@ class Evaluation:
             return self.idlm.loss(self.trainable, batch, step)
         if objective == "dsl":
             return self.dsl.loss(self.trainable, batch, self.facts.shifted, generator)
+        if objective == "scope":
+            return self.scope.loss(self.trainable, batch, self.facts.shifted, generator)
         return diffusion_loss(self.trainable, batch, mask_id=self.facts.mask_id, shifted=self.facts.shifted,
                               objective=objective, step=step, anneal_steps=cfg.anneal_steps, generator=generator)
 
@@ -40,7 +42,7 @@ class Evaluation:
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n))
             if len(idx) == 0:
                 break
-            objective = cfg.objective if cfg.objective in (*CAUSAL_OBJECTIVES, "dsl") else "mdm"
+            objective = cfg.objective if cfg.objective in (*CAUSAL_OBJECTIVES, "dsl") else "mdm"  # scope: mdm
             losses.append(float(self._loss(self._batch(self.val_data, idx), step=0, generator=g, objective=objective)))
         self.trainable.train()
         return sum(losses) / max(1, len(losses))

@@ -50,7 +50,7 @@ class Finishing:
         if self.state["previous"] is not None:
             training["continued_from_step"] = self.state["phase_start"]
         self.model.config["dlm_training"] = training
-        if cfg.task == "sft":
+        if cfg.is_sft:
             self.model.config["dlm_generation"] = {"gen_length": cfg.answer_length}
         else:  # pretraining: no template from scratch, else the --init model's (dlm.train.chat)
             self.tokenizer.chat_template = self.init_chat_template

@@ -19,13 +19,17 @@ def write_model_card(out: Path, run: dict, model) -> Path:
             "mdm": "masked diffusion language model", "a2d": "diffusion language model adapted from an AR model",
             "idlm": "introspective diffusion language model (I-DLM: causal, mask slots draft ahead)",
             "dsl": "continuous-denoising diffusion language model (DSL: noisy embeddings through a converter; "
-                   "decode with `--sampler dsl`)"}
+                   "decode with `--sampler dsl`)",
+            "scope": "masked diffusion language model post-trained with SCOPE on its own sampling states "
+                     "(decode with `--sampler d3im` to let it revise visible tokens)"}
+    data = ("multi-step arithmetic word problems generated offline (`dlm.data.arith`)" if cfg["task"] == "arith"
+            else "the Debian package-description corpus (`data/debian`)")
     lines = [
         f"# {name}",
         "",
         f"A {model.num_parameters() / 1e6:.1f}M-parameter {kind[cfg['objective']]} "
         f"(`model_type: {model.config['model_type']}`, {'shifted' if model.facts.shifted else 'unshifted'} logits), "
-        f"trained by dlm on the Debian package-description corpus (`data/debian`).",
+        f"trained by dlm on {data}.",
         "",
         "## Training",
         "",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dlm.diffusion.losses import masked_diffusion_loss
 
-OBJECTIVES = ("causal", "mdm", "a2d", "idlm", "dsl")  # dsl: dlm.train.dsl
+OBJECTIVES = ("causal", "mdm", "a2d", "idlm", "dsl", "scope")  # dsl: dlm.train.dsl; scope: dlm.train.scope
 
 
 def anneal_ratio(step: int, anneal_steps: int) -> float:

@@ -21,14 +21,21 @@ class RunData:
         from dlm.data.debian import split_file
 
         cfg = self.cfg
-        files = [split_file(cfg.data_dir(), split) for split in ("train", "validation")]
+        if cfg.task == "arith":
+            from dlm.data import arith
+
+            files, data = [], {"generated": "dlm.data.arith", "version": arith.GENERATOR_VERSION,
+                               "sizes": arith.SPLIT_SIZES}
+        else:
+            files = [split_file(cfg.data_dir(), split) for split in ("train", "validation")]
+            data = [cache.file_digest(f) for f in files]
         settings = {"task": cfg.task, "seq_len": cfg.seq_len}
-        if cfg.task == "sft":
+        if cfg.is_sft:
             settings.update(answer_length=cfg.answer_length, instruction_dropout=cfg.instruction_dropout,
                             seed=cfg.seed, diffusion=cfg.objective not in CAUSAL_OBJECTIVES,
-                            instruction=SUMMARY_INSTRUCTION)
-        tokenizer = cache.tokenizer_digest(self.tokenizer, chat=cfg.task == "sft")
-        path = cache.cache_path({"data": [cache.file_digest(f) for f in files], "tokenizer": tokenizer, **settings})
+                            instruction=SUMMARY_INSTRUCTION if cfg.task == "sft" else None)
+        tokenizer = cache.tokenizer_digest(self.tokenizer, chat=cfg.is_sft)
+        path = cache.cache_path({"data": data, "tokenizer": tokenizer, **settings})
         with self.acc.main_process_first():  # the main process tokenises and writes; the others read
             hit = cache.load(path)
             if hit is None:
@@ -45,7 +52,12 @@ class RunData:
 
         cfg = self.cfg
         show = cfg.progress and self.acc.is_main_process
-        train, val = load_split(cfg.data_dir(), "train"), load_split(cfg.data_dir(), "validation")
+        if cfg.task == "arith":
+            from dlm.data.arith import arith_split, sft_record
+
+            train, val = ([sft_record(r) for r in arith_split(split)] for split in ("train", "validation"))
+        else:
+            train, val = load_split(cfg.data_dir(), "train"), load_split(cfg.data_dir(), "validation")
         if cfg.task == "pretrain":
             tr, tr_stats = pack_documents(self.tokenizer, [pretraining_text(r) for r in train], cfg.seq_len, show,
                                           "tokenising train")

@@ -27,6 +27,7 @@ from dlm.train.config import DEFAULT_WARMUP, TrainConfig, lr_at, settings_json, 
 from dlm.train.data import BatchStream
 from dlm.train.dsl import DSLObjective
 from dlm.train.idlm import IDLMObjective
+from dlm.train.scope import ScopeObjective
 from dlm.train.lora import LoraRun
 from dlm.train.objectives import anneal_ratio
 from dlm.train.chat import sft_chat_template
@@ -99,12 +100,13 @@ class Trainer(Checkpointing, RunData, Evaluation, Finishing):
             raise DLMError("training needs a tokenizer saved with the model")
         # a pretraining run keeps the template of the model it started from (none from scratch)
         self.init_chat_template = getattr(self.tokenizer, "chat_template", None) if cfg.init is not None else None
-        if cfg.task == "sft":
+        if cfg.is_sft:
             self.tokenizer.chat_template, note = sft_chat_template(self.tokenizer, cfg.init)
             if note:
                 self._say(note)
         self.facts = self.model.facts
         self.idlm = IDLMObjective(cfg, self.facts.mask_id) if cfg.objective == "idlm" else None
+        self.scope = ScopeObjective(self.facts.mask_id) if cfg.objective == "scope" else None
         self.train_data, self.val_data, self.data_stats = self._load_data()
         world = self.acc.num_processes
         self.stream = BatchStream(len(self.train_data), cfg.batch_size * cfg.grad_accum, cfg.seed,
@@ -228,6 +230,8 @@ class Trainer(Checkpointing, RunData, Evaluation, Finishing):
                 entry["attention_ratio"] = anneal_ratio(step - 1, cfg.anneal_steps)
             if self.idlm is not None:
                 entry.update(self.idlm.log(step=step - 1))
+            if self.scope is not None:
+                entry.update(self.scope.log())
             self.state["log"].append(entry)
             self._boundary_rng = rng_state()
             self._updating = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dlm.errors import DLMError
+from dlm.eval.tasks.arith import Arith
 from dlm.eval.tasks.base import Example, Task
 from dlm.eval.tasks.gsm8k import GSM8K
 from dlm.eval.tasks.perplexity import Perplexity
@@ -10,7 +11,7 @@ from dlm.eval.tasks.repair import Repair
 from dlm.eval.tasks.summarization import ArXiv, CNNDailyMail, Debian, PubMed, XSum
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Debian, XSum, CNNDailyMail, PubMed, ArXiv, GSM8K,
-                                                          Perplexity, Repair)}
+                                                          Perplexity, Repair, Arith)}
 
 
 def get_task(name: str, data=None, **options) -> Task:
