@@ -87,12 +87,15 @@ class DiffusionLM(nn.Module):
         attention_bias: torch.Tensor | None = None,  # (B or 1, 1, L, L) additive; None = full attention
         logits_from: int = 0,  # return logits only for positions >= logits_from: (B, L - logits_from, V)
         inputs_embeds: torch.Tensor | None = None,  # (B, L, D): vectors in place of the token embeddings (DSL)
+        position_ids: torch.Tensor | None = None,  # (B or 1, L) positions; None = default_positions(attention_mask)
     ) -> DenoiserOutput:
+        # position_ids number the *input* positions: for a shifted model the one at i is the position
+        # of the hidden state at i, whose output becomes the aligned logits of position i + 1.
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if self.is_llada:
             return self.net(input_ids, attention_mask=attention_mask, attention_bias=attention_bias,
-                            logits_from=logits_from, inputs_embeds=inputs_embeds)
+                            logits_from=logits_from, inputs_embeds=inputs_embeds, position_ids=position_ids)
         B, L = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         dtype = self.dtype
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -105,6 +108,8 @@ class DiffusionLM(nn.Module):
         # learned absolute positions (GPT-2 / DiffuGPT), harmless for RoPE (relative), and how
         # Dream numbers a padded batch.
         positions = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, L)
+        if position_ids is not None:
+            positions = position_ids.expand(B, L) if position_ids.dim() == 2 else position_ids.expand(B, -1)
         tokens = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         raw = self.net(**tokens, attention_mask=bias, position_ids=positions, use_cache=False,
                        logits_to_keep=L - first_raw if first_raw else 0).logits  # (B, L - first_raw, V)
@@ -113,6 +118,15 @@ class DiffusionLM(nn.Module):
         if logits_from == 0:
             return DenoiserOutput(logits=torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
         return DenoiserOutput(logits=raw[:, :-1])
+
+    def default_positions(self, attention_mask: torch.Tensor | None, batch: int, seq_len: int,
+                          device: torch.device) -> torch.Tensor:
+        """(B, L) the position ids :meth:`forward` gives a sequence when ``position_ids`` is None:
+        0..L-1 for LLaDA (left padding included, as its reference numbers them); for ``transformers``
+        nets the count of real tokens before each position (left padding does not move them)."""
+        if self.is_llada or attention_mask is None:
+            return torch.arange(seq_len, device=device)[None].expand(batch, -1)
+        return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
     # -- K/V caches over the canvas (dlm.models.kv_cache) --------------------------------------
     def new_cache(self):

@@ -4,8 +4,9 @@ A from-scratch implementation of the architecture of GSAI-ML/LLaDA-8B (`modeling
 2025-10 version that honours ``attention_mask``), readable in one file. Parameter names match the
 original checkpoints exactly (``model.transformer.wte.weight``, ``model.transformer.blocks.N.q_proj.weight``
 ...), so released weights load unchanged. Numerics follow the reference: RMSNorm in fp32, RoPE
-(rotate-half, positions 0..L-1 including left padding) in fp32, SDPA with an additive padding
-bias of ``finfo(float32).min`` on padded keys, SwiGLU MLP where ``ff_proj`` is the gate.
+(rotate-half, positions 0..L-1 including left padding, or the given ``position_ids``) in fp32, SDPA
+with an additive padding bias of ``finfo(float32).min`` on padded keys, SwiGLU MLP where ``ff_proj``
+is the gate.
 """
 
 from __future__ import annotations
@@ -272,6 +273,7 @@ class LLaDAModelLM(nn.Module):
         logits_from: int = 0,  # compute logits only for positions >= logits_from
         logits_to: int | None = None,  # ... and < logits_to (None: to the end)
         kv: CanvasKV | None = None,  # K/V cache: input_ids are the canvas chunk starting at kv.start
+        position_ids: torch.Tensor | None = None,  # (B or 1, L) or (L,) RoPE positions; None = start .. start + L - 1
     ) -> DenoiserOutput:
         cfg, tr = self.config, self.model.transformer
         x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
@@ -285,8 +287,15 @@ class LLaDAModelLM(nn.Module):
             bias = attention_bias.float() if bias is None else attention_bias.float() + bias
         if bias is not None:  # the reference adds to a (1, 1, L, L) zero bias; keep values finite
             bias = (bias + torch.zeros(1, 1, L, keys, device=x.device)).clamp_min(torch.finfo(torch.float).min)
-        sin, cos = self._rope(start + L, x.device)
-        rope = (sin[:, :, start:], cos[:, :, start:])  # positions start .. start + L - 1
+        if position_ids is None:
+            sin, cos = self._rope(start + L, x.device)
+            rope = (sin[:, :, start:], cos[:, :, start:])  # positions start .. start + L - 1
+        else:  # rows of the same table, gathered (each id must be < max(L, max_sequence_length))
+            if kv is not None:
+                raise ValueError("position_ids cannot be combined with a K/V cache")
+            sin, cos = self._rope(max(L, self.config.max_sequence_length), x.device)
+            ids = position_ids.reshape(-1, L) if position_ids.dim() == 1 else position_ids  # (B or 1, L)
+            rope = (sin[0, 0][ids][:, None], cos[0, 0][ids][:, None])  # (B or 1, 1, L, head_dim)
         for i, block in enumerate(tr.blocks):
             if kv is not None:
                 x = block(x, rope, bias, kv.layer(i))
