@@ -19,9 +19,13 @@ from dlm.sampling.dsl import DSLSampler
 from dlm.sampling.fast import FastSampler
 from dlm.sampling.isd import ISDSampler
 from dlm.sampling.llada import LLaDASampler
+from dlm.sampling.wino import WinoSampler
+from dlm.sampling.remdm import ReMDMSampler
+from dlm.sampling.edit import EditSampler
+from dlm.sampling.d3im import D3IMSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (LLaDASampler, FastSampler, DreamSampler, DSLSampler, ARSampler,
-                                                          ISDSampler)}
+                                                          ISDSampler, D3IMSampler, EditSampler, ReMDMSampler, WinoSampler)}
 
 
 def sampler_options(name: str) -> dict[str, object]:
