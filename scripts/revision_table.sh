@@ -13,7 +13,8 @@
 #
 # Settings by environment: DEVICE (cpu), BASE (smol-a2d-instruct), SFT_STEPS (400), POST_STEPS (200),
 # WARMUP (20), BATCH (32), LIMIT (200 problems / pairs), EVAL_BATCH (8), PAR (parallel eval jobs, 1), GEN (64),
-# RUNS (runs/), OUT (benchmarks/results/revision), DLM (dlm). The committed table was run on one H200
+# RUNS (runs/revision), OUT (benchmarks/results/revision), DLM (dlm), PYTHON (python3), TASKS ("arith debian"),
+# SAMPLERS ("llada d3im remdm edit wino": the table part runs these only). The committed table was run on one H200
 # with DEVICE=cuda (docs/revision.md); on a CPU lower the steps and LIMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ RUNS=${RUNS:-runs/revision}
 OUT=${OUT:-benchmarks/results/revision}
 PRECISION=no
 [ "$DEVICE" != cpu ] && PRECISION=bf16
+PYTHON=${PYTHON:-python3}
+TASKS=${TASKS:-arith debian}
+SAMPLERS=${SAMPLERS:-llada d3im remdm edit wino}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 ARITH=$RUNS/smol-arith
@@ -65,14 +69,13 @@ ev() {  # TASK LABEL MODEL SAMPLER [OPTIONS...]
     --device "$DEVICE" --no-progress --sampler "$sampler" -o gen_length="$GEN" --name "${label}__${sampler}" "$@"
 }
 evals() {  # one line per eval run: TASK LABEL MODEL SAMPLER OPTIONS...
-  for task in arith debian; do
+  declare -A how=([llada]="--nfe 16,32,64" [d3im]="--nfe 16,32,64" [edit]="" [wino]=""
+                  [remdm]="-o temperature=0 --nfe 32,64,128")  # remdm: 2 passes a step, so steps 16/32/64
+  for task in $TASKS; do
     for pair in ${MODELS[$task]}; do
-      local label=${pair%%=*} model=${pair#*=}
-      echo "$task $label $model llada --nfe 16,32,64"
-      echo "$task $label $model d3im --nfe 16,32,64"
-      echo "$task $label $model remdm -o temperature=0 --nfe 32,64,128"  # 2 passes a step: steps 16/32/64
-      echo "$task $label $model edit"
-      echo "$task $label $model wino"
+      for sampler in $SAMPLERS; do
+        echo "$task ${pair%%=*} ${pair#*=} $sampler ${how[$sampler]}"
+      done
     done
   done
 }
@@ -89,8 +92,8 @@ table() {
 }
 
 report() {
-  for task in arith debian; do "$DLM" report "$OUT/$task"; done
-  python benchmarks/revision_table.py "$OUT"
+  for task in $TASKS; do "$DLM" report "$OUT/$task"; done
+  "$PYTHON" benchmarks/revision_table.py "$OUT"
 }
 
 case "${1:-}" in

@@ -73,6 +73,27 @@ def test_stream_gives_the_same_text_in_order(client):
     assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= 2  # the blocks streamed as they committed
 
 
+@pytest.mark.parametrize("sampler,options", [
+    ("remdm", {"steps": 8, "block_length": 8, "temperature": 0.0}),
+    ("edit", {"block_length": 8, "threshold": 0.3, "edit_threshold": 0.2}),
+    ("wino", {"block_length": 8}),
+    ("d3im", {"steps": 8}),
+])
+def test_revision_samplers_stream_their_final_text_once(model, client, sampler, options):
+    kwargs = dict(model="tiny-mdm", prompt="Debian is", max_tokens=16, seed=3,
+                  extra_body={"dlm": {"sampler": sampler, **options}})
+    whole = client.completions.create(**kwargs).choices[0].text
+    ids = model.encode_prompt("Debian is", chat=False)
+    out = dlm.generate(model, torch.tensor([ids]), sampler=sampler, gen_length=16, seed=[3], **options)
+    from dlm.sampling.batching import answer_ids
+
+    assert whole == model.decode(answer_ids(model, out[0, len(ids):].tolist()))
+    chunks = list(client.completions.create(stream=True, **kwargs))
+    pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert "".join(pieces) == whole
+    assert len(pieces) <= 1  # text a revision sampler may still change is never sent
+
+
 def test_chat_completion_and_stream(chat_model, chat_client):
     model, client = chat_model, chat_client
     msgs = [{"role": "user", "content": "What does the package bash do?"}]

@@ -71,11 +71,11 @@ class ModelProxy:
         return self
 
     def __call__(self, input_ids=None, attention_mask=None, attention_bias=None, logits_from: int = 0,
-                 inputs_embeds=None):
-        if attention_bias is not None:  # a custom attention pattern: not merged with other requests
+                 inputs_embeds=None, position_ids=None):
+        if attention_bias is not None or position_ids is not None:  # a custom pattern (wino): run on its own
             return self._post(Call(self._request, "serial", fn=lambda: self._model(
                 input_ids, attention_mask=attention_mask, attention_bias=attention_bias,
-                logits_from=logits_from, inputs_embeds=inputs_embeds)))
+                logits_from=logits_from, inputs_embeds=inputs_embeds, position_ids=position_ids)))
         logits = self._post(Call(self._request, "plain", dict(input_ids=input_ids, attention_mask=attention_mask,
                                                               logits_from=logits_from, inputs_embeds=inputs_embeds)))
         return SimpleNamespace(logits=logits)

@@ -24,7 +24,7 @@ visible, then falling to 0 at the last step (the final step revises nothing). ``
 
 At temperature 0 the corrector's coin flips are the only randomness (drawn per canvas position
 through the state's generators, so per-row seeds make a row independent of its batch); with
-``eta=0`` the sampler is exactly ``llada``. ``state.stats["revised"]`` counts the tokens changed.
+``eta=0`` the sampler is exactly ``llada`` (no coins are drawn then, so even its random stream is). ``state.stats["revised"]`` counts the tokens changed.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ class D3IMSampler(LLaDASampler):
         x = state.x  # (B, L)
         P, G = state.prompt_length, x.shape[1] - state.prompt_length
         x0 = self.draw(state, logits)  # (B, visible - P)
+        if self.opts.eta == 0:  # no corrector: no coin flips either, so the random stream is llada's
+            return self.commit(state, block, logits, x0)
         end = block.end - P  # answer positions [0, end) may be revised
         answer = x[:, P:block.end]  # (B, end)
         shown = answer != state.mask_id  # (B, end)

@@ -100,7 +100,7 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
         return await serve(body, http, "chat", lambda: encode_chat(model, body.chat()))
 
     async def serve(body, http: Request, kind: str, encode):
-        from dlm.sampling import default_sampler, sampler_options
+        from dlm.sampling import default_sampler, sampler_class, sampler_options
 
         body.check_supported()
         if body.model not in (None, "", model_name):
@@ -112,7 +112,7 @@ def create_app(model, model_name: str, config: EngineConfig | None = None,
         request = engine.submit(ids, sampler=sampler, seed=body.seed, stream_steps=body.stream, **options)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request.id}"
         mask_id = model.facts.resolve_mask_id(options.get("mask_id"))
-        tracker = TextTracker(model, mask_id, body.stops())
+        tracker = TextTracker(model, mask_id, body.stops(), final_only=getattr(sampler_class(sampler), "revises", False))
         if body.stream:
             canvas = CanvasView(model, mask_id) if body.dlm.canvas else None
             return StreamingResponse(stream(request, kind, rid, tracker, canvas, body, len(ids)),

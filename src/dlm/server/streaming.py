@@ -19,8 +19,10 @@ MASKED, COMMITTED, KEPT, REVISED = 0, 1, 2, 3
 
 
 class TextTracker:
-    def __init__(self, model, mask_id: int, stops: list[str]):
+    def __init__(self, model, mask_id: int, stops: list[str], final_only: bool = False):
         self.model, self.mask_id, self.stops = model, mask_id, stops
+        # a revision sampler (remdm, edit, wino, d3im) may change text it has shown: stream it once final
+        self.final_only = final_only
         self.stop_ids = set(model.facts.stop_ids)
         self.sent = ""
         self.hold = max((len(s) for s in stops), default=1)  # characters held back while streaming
@@ -42,7 +44,7 @@ class TextTracker:
 
     def update(self, canvas: list[int]) -> str:
         """The new text a step's canvas commits (may be empty)."""
-        if self.stopped:
+        if self.stopped or self.final_only:
             return ""
         text, cut = self.text_of(self._prefix(canvas))
         if cut:

@@ -49,15 +49,17 @@ class ScopeObjective:
         self.mask_id = mask_id
         self.fills: list[tuple[int, int]] = []  # (self-filled tokens, wrong ones) per loss call
 
-    def loss(self, model, batch: dict[str, torch.Tensor], shifted: bool,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, model, batch: dict[str, torch.Tensor], shifted: bool, generator: torch.Generator | None = None,
+             share: torch.Tensor | None = None) -> torch.Tensor:
+        """One Monte Carlo sample of the SCOPE loss; ``share`` (B,) fixes u (default: U(0, 1) per row)."""
         ids = batch["input_ids"]  # (B, L)
         prompt_lengths, attention_mask = batch.get("prompt_lengths"), batch.get("attention_mask")
         B, L = ids.shape
         t = sample_t(B, EPS, ids.device, generator)  # (B,)
         maskable = maskable_positions(model, ids, prompt_lengths, attention_mask, shifted)
         noisy, masked = mask_tokens(ids, self.mask_id, t, maskable, generator)
-        share = torch.rand(B, device=ids.device, generator=generator)  # (B,) u: share of the masks to fill
+        if share is None:  # (B,) u: the share of each row's masks the model fills itself
+            share = torch.rand(B, device=ids.device, generator=generator)
         with torch.no_grad():
             logits = model(noisy, attention_mask=attention_mask).logits  # (B, L, V)
             draws, fill = self_fill(logits, masked, share)
