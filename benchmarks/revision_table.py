@@ -34,8 +34,10 @@ def load(out: Path) -> dict:
         for f in sorted((out / task).glob("*__*.summary.json")):
             label, sampler = f.name.removesuffix(".summary.json").split("__", 1)
             summary = json.loads(f.read_text())
-            rows = [dict(r, steps=steps_of(sampler, r)) for r in summary["results"]]
-            table.setdefault(task, {})[(label, sampler)] = rows
+            partial = summary.get("status") != "complete"  # stopped before every budget ran (a time limit)
+            rows = [dict(r, steps=steps_of(sampler, r), partial=partial) for r in summary["results"]]
+            if rows:
+                table.setdefault(task, {})[(label, sampler)] = rows
     return table
 
 
@@ -54,12 +56,15 @@ def markdown(table: dict) -> str:
             for label in LABELS:
                 for r in runs.get((label, sampler), []):
                     revs = r.get("mean_revisions")
+                    mark = " *" if r["partial"] else ""
                     lines.append(
-                        f"| {sampler} | {LABELS[label]} | {r['steps'] if r['steps'] is not None else '-'} | "
+                        f"| {sampler}{mark} | {LABELS[label]} | {r['steps'] if r['steps'] is not None else '-'} | "
                         f"{fmt(r['mean_nfe'])} | {fmt(r.get(key))} | "
                         f"{fmt(None if revs is None else 100 * r.get('share_revised', 0.0))} | {fmt(revs, 2)} | "
                         f"{fmt(r.get('mean_revisions_right'), 2)} | {fmt(r.get('mean_revisions_wrong'), 2)} |")
         lines.append("")
+    if any(r["partial"] for runs in table.values() for rows in runs.values() for r in rows):
+        lines += ["\\* a run stopped by the time limit: the budgets it finished are shown, the others are missing.", ""]
     return "\n".join(lines)
 
 
@@ -87,8 +92,12 @@ def plot(table: dict, path: Path) -> None:
         ax.set_ylabel(name)
         ax.set_title(task)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    legend = {}  # every line of every panel, once
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend.keys()), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=120)
 
 
