@@ -12,7 +12,7 @@
 #                                          # (benchmarks/revision_table.py -> $OUT/report.md, revision.png)
 #
 # Settings by environment: DEVICE (cpu), BASE (smol-a2d-instruct), SFT_STEPS (400), POST_STEPS (200),
-# WARMUP (20), BATCH (32), LIMIT (200 problems / pairs), EVAL_BATCH (8), PAR (parallel eval jobs, 1), GEN (64),
+# WARMUP (20), BATCH (32), PRECISION (no on cpu, else bf16), LIMIT (200 problems / pairs), EVAL_BATCH (8), PAR (parallel eval jobs, 1), GEN (64),
 # RUNS (runs/revision), OUT (benchmarks/results/revision), DLM (dlm), PYTHON (python3), TASKS ("arith debian"),
 # SAMPLERS ("llada d3im remdm edit wino": the table part runs these only). The committed table was run on one H200
 # with DEVICE=cuda (docs/revision.md); on a CPU lower the steps and LIMIT.
@@ -31,8 +31,9 @@ PAR=${PAR:-1}
 GEN=${GEN:-64}
 RUNS=${RUNS:-runs/revision}
 OUT=${OUT:-benchmarks/results/revision}
-PRECISION=no
-[ "$DEVICE" != cpu ] && PRECISION=bf16
+DEFAULT_PRECISION=no
+[ "$DEVICE" != cpu ] && DEFAULT_PRECISION=bf16
+PRECISION=${PRECISION:-$DEFAULT_PRECISION}  # mixed precision of training (bf16 autocast helps on a CPU too)
 PYTHON=${PYTHON:-python3}
 TASKS=${TASKS:-arith debian}
 SAMPLERS=${SAMPLERS:-llada d3im remdm edit wino}
@@ -51,13 +52,17 @@ train_one() {  # OUT_DIR INIT OBJECTIVE TASK STEPS NAME
     --seq-len 256 --answer-length "$GEN" --batch-size "$BATCH" --lr 2e-4 --warmup-steps "$WARMUP" --save-every 100 \
     --eval-every 100 --eval-batches 4 --mixed-precision "$PRECISION" --save-dtype bfloat16 --no-progress "${extra[@]}"
 }
-train() {
-  train_one "$ARITH" "$BASE" mdm arith "$SFT_STEPS" smol-arith
+train() {  # the runs of the tasks in TASKS
   local jobs=() failed=0
-  train_one "$RUNS/smol-arith-scope" "$ARITH" scope arith "$POST_STEPS" smol-arith-scope & jobs+=($!)
-  train_one "$RUNS/smol-arith-control" "$ARITH" mdm arith "$POST_STEPS" smol-arith-control & jobs+=($!)
-  train_one "$RUNS/smol-debian-scope" "$BASE" scope sft "$POST_STEPS" smol-debian-scope & jobs+=($!)
-  train_one "$RUNS/smol-debian-control" "$BASE" mdm sft "$POST_STEPS" smol-debian-control & jobs+=($!)
+  if [[ " $TASKS " == *" arith "* ]]; then
+    train_one "$ARITH" "$BASE" mdm arith "$SFT_STEPS" smol-arith
+    train_one "$RUNS/smol-arith-scope" "$ARITH" scope arith "$POST_STEPS" smol-arith-scope & jobs+=($!)
+    train_one "$RUNS/smol-arith-control" "$ARITH" mdm arith "$POST_STEPS" smol-arith-control & jobs+=($!)
+  fi
+  if [[ " $TASKS " == *" debian "* ]]; then
+    train_one "$RUNS/smol-debian-scope" "$BASE" scope sft "$POST_STEPS" smol-debian-scope & jobs+=($!)
+    train_one "$RUNS/smol-debian-control" "$BASE" mdm sft "$POST_STEPS" smol-debian-control & jobs+=($!)
+  fi
   for j in "${jobs[@]}"; do wait "$j" || failed=1; done
   return $failed
 }
