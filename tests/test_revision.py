@@ -169,3 +169,27 @@ def test_train_refuses_scope_and_arith_misuse(tmp_path, capsys, args, match):
 
     assert main(["train", "--out", str(tmp_path / "o"), "--max-steps", "2", "--no-progress", *args]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+# -- the table script (benchmarks/revision_table.py) -----------------------------------------------
+def test_revision_table_report_and_plot(tmp_path):
+    import revision_table
+
+    def summary(status, results):
+        return {"status": status, "results": results}
+
+    (tmp_path / "arith").mkdir()
+    rows = [{"budget": b, "mean_nfe": b, "exact_match_strict": 10.0 * i, "mean_revisions": 1.0,
+             "mean_revisions_right": 0.5, "mean_revisions_wrong": 0.25, "share_revised": 0.1}
+            for i, b in enumerate((32, 64))]
+    (tmp_path / "arith" / "scope__remdm.summary.json").write_text(json.dumps(summary("running", rows)))
+    (tmp_path / "arith" / "sft__edit.summary.json").write_text(json.dumps(summary("complete", [
+        {"budget": None, "mean_nfe": 27.5, "exact_match_strict": 2.0}])))
+    (tmp_path / "arith" / "control__llada.summary.json").write_text(json.dumps(summary("running", [])))  # nothing done
+    assert revision_table.main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| remdm * | after SCOPE | 16 | 32.0 | 0.0 | 10.0 | 1.00 | 0.50 | 0.25 |" in report  # 2 passes a step
+    assert "| edit | before SCOPE | - | 27.5 | 2.0 | - | - | - | - |" in report
+    assert "same-compute control" not in report  # a run that finished no budget has no row
+    assert (tmp_path / "revision.png").stat().st_size > 0
+    assert revision_table.main([str(tmp_path / "nothing")]) == 1
