@@ -182,6 +182,7 @@ def test_eval_tasks_json(capsys):
     assert deb["options"]["max_prompt_tokens"] == 224 and deb["default_data"] == str(shipped_data("debian"))
     assert tasks["xsum"]["default_data"] is None and tasks["repair"]["primary_metric"] == "fix_10"
     assert tasks["perplexity"]["kind"] == "score" and tasks["perplexity"]["higher_is_better"] is False
+    assert tasks["arith"]["default_data"] == "generated (dlm.data.arith)"
     assert run_cli("eval-tasks") == 0
     assert "eos_block" in capsys.readouterr().out
 

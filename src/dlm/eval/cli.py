@@ -87,7 +87,9 @@ def describe_task(cls) -> dict:
             data = str(shipped_data(cls.default_data))
         except DLMError:  # this installation lacks the shipped copy: --data is needed
             data = None
-    task = cls(Path("."))  # with its default options; no data is read (some metric names follow the options)
+    if cls.generated_data is not None:  # the task makes its own examples and takes no --data
+        data = cls.generated_data
+    task = cls(None if cls.generated_data is not None else Path("."))  # default options; no data is read
     return {"name": cls.name, "description": cls.description, "kind": cls.kind,
             "primary_metric": task.primary_metric, "higher_is_better": cls.higher_is_better,
             "default_budgets": list(cls.default_budgets), "presets": cls.presets, "options": cls.options,

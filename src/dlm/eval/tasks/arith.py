@@ -22,6 +22,7 @@ class Arith(GSM8K):
     presets = {"default": {"gen_length": 64, "block_length": 64}}
     default_budgets = (16, 32, 64)
     options = {"split": "test", "instruction": INSTRUCTION}
+    generated_data = "generated (dlm.data.arith)"
 
     def __init__(self, data=None, **options: Any):
         if data is not None:
@@ -37,5 +38,5 @@ class Arith(GSM8K):
                 for i, r in enumerate(arith_split(self.opts["split"]))]
 
     def data_settings(self) -> dict[str, Any]:
-        return {"data": "generated (dlm.data.arith)", "generator_version": GENERATOR_VERSION,
+        return {"data": self.generated_data, "generator_version": GENERATOR_VERSION,
                 "split_size": SPLIT_SIZES[self.opts["split"]]}

@@ -43,6 +43,7 @@ class Task:
     options: ClassVar[dict[str, Any]] = {}
     default_data: ClassVar[str | None] = None  # the shipped data set used without --data (dlm.paths.SHIPPED_DATA)
     accepts_txt: ClassVar[bool] = False  # whether --data may be a plain .txt file
+    generated_data: ClassVar[str | None] = None  # where a task that makes its own examples gets them (no --data)
 
     def __init__(self, data: str | Path | None = None, **options: Any):
         unknown = sorted(set(options) - set(self.options))
