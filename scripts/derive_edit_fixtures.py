@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from derive_fast_fixtures import CHECKPOINTS, MASK  # noqa: E402  (the checkpoints reused from tests/fixtures/fast)
-from derive_llada_fixtures import dump_cases, sha256_file  # noqa: E402
+from derive_llada_fixtures import dump_cases, reference_and_out_dirs, sha256_file  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "edit"
@@ -204,12 +204,7 @@ def run_case(torch, Algorithm, DllmConfig, ForwardBatch, model, prompt, gen, blo
 
 def main():
     args = parse_args()
-    ref_dir = args.reference_dir.resolve()
-    missing = [f for f in REFERENCE_FILES if not (ref_dir / f).is_file()]
-    if missing:
-        sys.exit(f"--reference-dir {ref_dir} lacks {missing}")
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ref_dir, out_dir = reference_and_out_dirs(args, REFERENCE_FILES)
     sys.dont_write_bytecode = True
 
     import numpy

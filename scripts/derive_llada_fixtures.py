@@ -55,6 +55,18 @@ def dump_cases(cases) -> str:
     return "[\n" + body + "\n]\n"
 
 
+def reference_and_out_dirs(args, files) -> tuple[Path, Path]:
+    """A fixture script's ``--reference-dir`` (it must hold ``files``: else exit naming the missing
+    ones) and ``--out-dir`` (created), both resolved."""
+    ref_dir = args.reference_dir.resolve()
+    missing = [f for f in files if not (ref_dir / f).is_file()]
+    if missing:
+        sys.exit(f"--reference-dir {ref_dir} lacks {missing}")
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return ref_dir, out_dir
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, type=Path)
@@ -65,12 +77,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    ref_dir = args.reference_dir.resolve()
-    missing = [f for f in REFERENCE_FILES if not (ref_dir / f).is_file()]
-    if missing:
-        sys.exit(f"--reference-dir {ref_dir} lacks {missing}")
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ref_dir, out_dir = reference_and_out_dirs(args, REFERENCE_FILES)
 
     work = Path(tempfile.mkdtemp(prefix="llada_fixtures_"))
     # Keep transformers' dynamic-module cache out of the user's home.

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from derive_llada_fixtures import dump_cases, sha256_file  # noqa: E402
+from derive_llada_fixtures import dump_cases, reference_and_out_dirs, sha256_file  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "remdm"
@@ -105,12 +105,7 @@ def expected_masks(gen: int, block: int, r: int, num_block: int, i: int) -> int:
 
 def main():
     args = parse_args()
-    ref_dir = args.reference_dir.resolve()
-    missing = [f for f in REFERENCE_FILES if not (ref_dir / f).is_file()]
-    if missing:
-        sys.exit(f"--reference-dir {ref_dir} lacks {missing}")
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ref_dir, out_dir = reference_and_out_dirs(args, REFERENCE_FILES)
     work = Path(tempfile.mkdtemp(prefix="remdm_fixtures_"))
     sys.dont_write_bytecode = True
 
