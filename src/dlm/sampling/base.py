@@ -203,6 +203,13 @@ class DenoiseState:
             self.on_step(self)
 
 
+def default_to_gen_length(options, *names: str) -> None:
+    """Set each option in ``names`` that is None (steps, block_length) to ``options.gen_length``."""
+    for name in names:
+        if getattr(options, name) is None:
+            setattr(options, name, options.gen_length)
+
+
 class Sampler:
     """Base class: subclasses set ``name``, ``Options`` and implement the three hooks."""
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature, default_to_gen_length
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -74,8 +74,7 @@ class DreamSampler(Sampler):
     Options = DreamOptions
 
     def __init__(self, options: DreamOptions):
-        if options.steps is None:
-            options.steps = options.gen_length
+        default_to_gen_length(options, "steps")
         super().__init__(options)
 
     @classmethod

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler
+from dlm.sampling.base import Block, DenoiseState, Sampler, default_to_gen_length
 from dlm.sampling.output import token_probability
 from dlm.sampling.llada import block_schedule, check_blocks, check_sampling, check_steps
 
@@ -70,8 +70,7 @@ class FastSampler(Sampler):
     Options = FastOptions
 
     def __init__(self, options: FastOptions):
-        if options.block_length is None:
-            options.block_length = options.gen_length
+        default_to_gen_length(options, "block_length")
         self.parallel = options.threshold is not None or options.factor is not None
         if options.steps is None and not self.parallel:
             options.steps = options.gen_length

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_step_count, check_temperature, default_to_gen_length
 from dlm.sampling.output import token_probability
 
 MAX_CFG_SCALE = 1e4  # (cfg_scale + 1) * (cond - uncond) overflows float32 long before larger scales
@@ -107,10 +107,7 @@ class LLaDASampler(Sampler):
     Options = LLaDAOptions
 
     def __init__(self, options: LLaDAOptions):
-        if options.steps is None:
-            options.steps = options.gen_length
-        if options.block_length is None:
-            options.block_length = options.gen_length
+        default_to_gen_length(options, "steps", "block_length")
         super().__init__(options)
 
     @classmethod

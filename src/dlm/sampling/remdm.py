@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_temperature
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_temperature, default_to_gen_length
 from dlm.sampling.llada import block_schedule, check_blocks, check_steps, transfer_schedule
 from dlm.sampling.output import token_probability
 from dlm.sampling.revision import count_changes
@@ -114,10 +114,7 @@ class ReMDMSampler(Sampler):
     revises = True
 
     def __init__(self, options: ReMDMOptions):
-        if options.steps is None:
-            options.steps = options.gen_length
-        if options.block_length is None:
-            options.block_length = options.gen_length
+        default_to_gen_length(options, "steps", "block_length")
         super().__init__(options)
 
     @classmethod

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from dlm.errors import DLMError
-from dlm.sampling.base import Block, DenoiseState, Sampler, check_temperature
+from dlm.sampling.base import Block, DenoiseState, Sampler, check_temperature, default_to_gen_length
 from dlm.sampling.llada import check_blocks, gumbel_argmax
 from dlm.sampling.output import token_probability
 from dlm.sampling.revision import count_changes
@@ -74,8 +74,7 @@ class WinoSampler(Sampler):
     revises = True
 
     def __init__(self, options: WinoOptions):
-        if options.block_length is None:
-            options.block_length = options.gen_length
+        default_to_gen_length(options, "block_length")
         super().__init__(options)
 
     def validate(self, model) -> None:
